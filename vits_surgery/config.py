@@ -411,8 +411,8 @@ def _from_plain(cls: Any, data: dict[str, Any], prefix: str) -> Any:
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, names, n=1)
-        hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown config key {prefix}{key!r}{hint}")
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
