@@ -132,28 +132,22 @@ def apply_rules(
 # ----------------------------------------------------------------------------- weight norm
 def legacy_weight_norm_to_parametrized(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``x.weight_g`` / ``x.weight_v`` -> ``x.parametrizations.weight.original0/1`` (same tensors)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".weight_g"):
-            out[key[: -len(".weight_g")] + WN_G] = value
-        elif key.endswith(".weight_v"):
-            out[key[: -len(".weight_v")] + WN_V] = value
-        else:
-            out[key] = value
-    return out
+    return {_swap_suffix(k, {"weight_g": WN_G[1:], "weight_v": WN_V[1:]}): v for k, v in state.items()}
 
 
 def parametrized_to_legacy_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`legacy_weight_norm_to_parametrized`."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(WN_G):
-            out[key[: -len(WN_G)] + ".weight_g"] = value
-        elif key.endswith(WN_V):
-            out[key[: -len(WN_V)] + ".weight_v"] = value
-        else:
-            out[key] = value
-    return out
+    return {_swap_suffix(k, {WN_G[1:]: "weight_g", WN_V[1:]: "weight_v"}): v for k, v in state.items()}
+
+
+def _swap_suffix(key: str, table: Mapping[str, str]) -> str:
+    """Replace a dotted suffix (the whole key for a top-level layer) by its counterpart."""
+    for old, new in table.items():
+        if key == old:
+            return new
+        if key.endswith("." + old):
+            return key[: -len(old)] + new
+    return key
 
 
 def fold_weight_norm_pairs(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
