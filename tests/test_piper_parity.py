@@ -1,0 +1,78 @@
+"""The real joe voice (Piper en_US joe medium, ONNX) imported and run by our own model.
+
+Reference: onnxruntime running the same ONNX file with scales [0, 1, 0] (no noise) on the
+same phoneme ids. Target: same length, max abs difference <= 1e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the dev extra; install .[dev]")
+
+from vits_surgery import load  # noqa: E402
+from vits_surgery.convert.piper_voice import PiperVoiceConfig, find_joe_voice  # noqa: E402
+
+# espeak-ng (en-us) phonemes as Piper makes them, one clause each.
+SENTENCES = [
+    "həlˈoʊ wˈɜːld.",
+    "ðə kwˈɪk bɹˈaʊn fˈɑːks dʒˈʌmps ˌoʊvɚ ðə lˈeɪzi dˈɑːɡ.",
+]
+
+
+@pytest.fixture(scope="module")
+def joe():
+    onnx_path, json_path = find_joe_voice()
+    voice = PiperVoiceConfig.from_json(json_path)
+    model, report = load(onnx_path, return_report=True)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return voice, model, report, session
+
+
+def _ids(voice: PiperVoiceConfig, phonemes: str) -> list[int]:
+    pm = voice.phoneme_id_map
+    ids = [*pm["^"], *pm["_"]]
+    for ph in phonemes:
+        ids += [*pm[ph], *pm["_"]]
+    return ids + list(pm["$"])
+
+
+def test_report_lists_created_training_organs(joe) -> None:
+    _, model, report, _ = joe
+    created = report.created_prefixes()
+    assert set(created) == {"posterior_encoder", "duration_predictor", "discriminator"}
+    assert len(report.mapped) == 350 and not report.dropped
+    assert model.config.audio.sample_rate == 22050 and model.config.decoder.resblock == "2"
+
+
+@pytest.mark.parametrize("phonemes", SENTENCES)
+def test_waveform_matches_onnxruntime(joe, phonemes: str) -> None:
+    voice, model, _, session = joe
+    ids = _ids(voice, phonemes)
+    x = np.array([ids], dtype=np.int64)
+    ref = session.run(
+        None,
+        {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64), "scales": np.array([0, 1, 0], np.float32)},
+    )[0].reshape(-1)
+    with torch.inference_mode():
+        out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0, length_scale=1.0)
+    ours = out.audio.reshape(-1).numpy()
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 1e-3
+    assert np.abs(ref).max() > 0.05  # real speech, not silence
+
+
+def test_length_scale_matches_onnxruntime(joe) -> None:
+    voice, model, _, session = joe
+    ids = _ids(voice, SENTENCES[0])
+    x = np.array([ids], dtype=np.int64)
+    ref = session.run(
+        None,
+        {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64), "scales": np.array([0, 1.35, 0], np.float32)},
+    )[0].reshape(-1)
+    with torch.inference_mode():
+        out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0, length_scale=1.35)
+    assert out.audio.numel() == ref.size
+    assert np.abs(out.audio.reshape(-1).numpy() - ref).max() <= 1e-3
