@@ -13,7 +13,6 @@ _LAZY = {
     "Tokenizer": "vits_surgery.text.tokenizer:Tokenizer",
     "UnknownSymbolError": "vits_surgery.text.tokenizer:UnknownSymbolError",
     "get_cleaner": "vits_surgery.text.cleaners:get_cleaner",
-    "phonemize": "vits_surgery.text.phonemize:phonemize",
     "piper_phonemes": "vits_surgery.text.phonemize:piper_phonemes",
     "PhonemizerError": "vits_surgery.text.phonemize:PhonemizerError",
 }
