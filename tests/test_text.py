@@ -289,3 +289,23 @@ def test_number_words_are_distinct_and_well_formed():
         seen[words] = n
     assert ordinal(12) == "twelfth" and ordinal(40) == "fortieth" and ordinal(1_000_000) == "one millionth"
     assert cardinal(10**40).startswith("one zero zero")
+
+
+def test_piper_sentence_assembly_and_nfd(monkeypatch):
+    clauses = [("hɛ\u00e3", ",", False), ("b", ".", True), ("c", "", False), ("d", "", False)]
+    monkeypatch.setattr(phonemize, "_piper_clauses", lambda text, voice, backend: clauses)
+    assert phonemize.piper_phonemes("ignored") == [["h", "ɛ", "a", "\u0303", ",", " ", "b", "."], ["c", "d"]]
+    assert [phonemize._terminator(c) for c in ("end. ", "what?! ", "wait... ", 'said "so," ', "plain")] == [
+        ".", "?", "", ",", ""
+    ]
+
+
+def test_espeakng_loader_fallback(monkeypatch):
+    loader = pytest.importorskip("espeakng_loader", reason="espeakng-loader (optional) not installed")
+    monkeypatch.delenv("PHONEMIZER_ESPEAK_LIBRARY", raising=False)
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
+    phonemize.espeak_paths.cache_clear()
+    try:
+        assert phonemize.espeak_paths() == (str(loader.get_library_path()), str(loader.get_data_path()))
+    finally:
+        phonemize.espeak_paths.cache_clear()

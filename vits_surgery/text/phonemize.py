@@ -84,7 +84,7 @@ def _backend(language: str, with_stress: bool, preserve_punctuation: bool) -> An
             "phonemization needs the `phonemizer` package (`pip install phonemizer`) and espeak-ng"
         ) from exc
     library, data = _require_library()
-    if os.environ.get("PHONEMIZER_ESPEAK_LIBRARY") is None:
+    if not EspeakBackend.is_available():  # not on the system: point phonemizer at ours
         EspeakWrapper.set_library(library)
         if data is not None:
             EspeakWrapper.set_data_path(data)
