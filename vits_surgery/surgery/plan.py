@@ -1,0 +1,289 @@
+"""Surgery plans: which organs train, at which learning-rate scale, with which losses.
+
+A :class:`SurgeryPlan` is a plain, JSON-serialisable description. It is resolved against a
+model's :class:`~vits_surgery.surgery.registry.ComponentRegistry` into a
+:class:`ResolvedPlan` (parameter groups, discriminator on/off, effective loss weights);
+:func:`vits_surgery.surgery.freeze.apply_plan` then freezes the model accordingly.
+
+Presets::
+
+    SurgeryPlan.cadence()   # duration_predictor: the donor's rhythm and pace
+    SurgeryPlan.timbre()    # decoder + flow + posterior_encoder: the donor's voice quality
+    SurgeryPlan.accent()    # text_encoder: the donor's pronunciation
+    SurgeryPlan.full()      # every generator organ (+ discriminator)
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..losses import DEFAULT_WEIGHTS
+from .registry import ComponentRegistry, UnknownComponentError
+
+__all__ = ["SurgeryPlan", "ResolvedPlan", "effective_weights"]
+
+logger = logging.getLogger(__name__)
+
+_ADVERSARIAL = ("gen/adv", "gen/fm")
+
+
+def effective_weights(*overrides: Mapping[str, float] | None) -> dict[str, float]:
+    """``DEFAULT_WEIGHTS`` updated by each mapping in turn (later ones win).
+
+    Raises:
+        KeyError: a key is not a loss term (the message suggests the closest one).
+        ValueError: a weight is negative.
+    """
+    weights = dict(DEFAULT_WEIGHTS)
+    for mapping in overrides:
+        for key, value in (mapping or {}).items():
+            if key not in DEFAULT_WEIGHTS:
+                close = difflib.get_close_matches(key, list(DEFAULT_WEIGHTS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UnknownComponentError(
+                    f"unknown loss term {key!r}{hint} (known: {', '.join(DEFAULT_WEIGHTS)})"
+                )
+            if float(value) < 0:
+                raise ValueError(f"loss weight {key!r} must be >= 0, got {value}")
+            weights[key] = float(value)
+    return weights
+
+
+@dataclass
+class ResolvedPlan:
+    """A plan resolved on one model.
+
+    Attributes:
+        groups: parameter-group name -> ``(full name, parameter)`` pairs; each trainable
+            parameter is in exactly one group (the most specific plan entry that contains it).
+            The ``"discriminator"`` group is present when the discriminator trains.
+        lr_scale: group name -> learning-rate multiplier.
+        train_discriminator: whether the discriminator trains (adversarially, own optimizer).
+        trained_organs: generator organs holding at least one trainable parameter.
+        trained_paths: canonical module paths that train (for train/eval modes).
+        loss_weights: effective loss weights (defaults < trainer config < plan).
+    """
+
+    groups: dict[str, list[tuple[str, nn.Parameter]]]
+    lr_scale: dict[str, float]
+    train_discriminator: bool
+    trained_organs: tuple[str, ...]
+    trained_paths: tuple[str, ...]
+    loss_weights: dict[str, float]
+
+    def num_trainable(self) -> int:
+        """Scalar parameters in all groups."""
+        return sum(p.numel() for pairs in self.groups.values() for _, p in pairs)
+
+
+@dataclass
+class SurgeryPlan:
+    """Which organs train, and how.
+
+    Args:
+        train: organ names, aliases (``dec``, ``waveform_decoder``), dotted sub-organ paths
+            (``decoder.ups.3``), parameter paths or registered groups. A parameter in two
+            entries goes to the most specific one (``["decoder", "decoder.ups.3"]`` gives
+            ``decoder.ups.3`` its own group).
+        lr_scale: entry name -> multiplier of the trainer's learning rate for that group
+            (``"discriminator"`` scales the discriminator's optimizer).
+        train_discriminator: True / False, or None = auto: on only when a trainable organ is
+            reached by a weighted adversarial term (``gen/adv``, ``gen/fm``): the decoder, the
+            posterior encoder or the speaker embedding. The flow feeds only the KL (the decoder
+            decodes the posterior sample z, not the flow's output), so a flow-only plan runs
+            no discriminator.
+        loss_weights: overrides of the trainer's loss weights for this plan (0 = not computed).
+        frozen_eval: keep frozen modules in ``eval()`` even after ``model.train()``.
+        name: informational label (logged, saved with checkpoints).
+    """
+
+    train: Sequence[str] = ()
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    train_discriminator: bool | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    frozen_eval: bool = True
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, str):
+            self.train = (self.train,)
+        self.train = tuple(self.train)
+        if not self.train and not self.train_discriminator:
+            raise ValueError("SurgeryPlan.train is empty: name at least one organ to train")
+        for key, scale in self.lr_scale.items():
+            if not float(scale) > 0:
+                raise ValueError(f"lr_scale[{key!r}] must be > 0, got {scale}")
+        effective_weights(self.loss_weights)  # validates keys and signs
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def cadence(cls, **kwargs: Any) -> SurgeryPlan:
+        """Duration predictor only: rhythm and pace of the donor."""
+        return cls(train=("duration_predictor",), name="cadence", **kwargs)
+
+    @classmethod
+    def timbre(cls, **kwargs: Any) -> SurgeryPlan:
+        """Decoder + flow + posterior encoder: the donor's timbre and resonance."""
+        return cls(train=("decoder", "flow", "posterior_encoder"), name="timbre", **kwargs)
+
+    @classmethod
+    def accent(cls, **kwargs: Any) -> SurgeryPlan:
+        """Text encoder only: the donor's pronunciation."""
+        return cls(train=("text_encoder",), name="accent", **kwargs)
+
+    @classmethod
+    def full(cls, **kwargs: Any) -> SurgeryPlan:
+        """Every generator organ, one parameter group each (the discriminator: auto, so on)."""
+        return cls(train=("generator",), name="full", **kwargs)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "train": list(self.train),
+            "lr_scale": dict(self.lr_scale),
+            "train_discriminator": self.train_discriminator,
+            "loss_weights": dict(self.loss_weights),
+            "frozen_eval": self.frozen_eval,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SurgeryPlan:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``KeyError`` naming the key."""
+        names = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UnknownComponentError(f"unknown SurgeryPlan field {key!r}{hint}")
+        return cls(**dict(data))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> SurgeryPlan:
+        """Parse JSON text or a JSON file."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(
+        self, registry: ComponentRegistry, loss_weights: Mapping[str, float] | None = None
+    ) -> ResolvedPlan:
+        """Resolve names to parameter groups on ``registry.model``.
+
+        Args:
+            registry: the model's registry (aliases, groups).
+            loss_weights: the trainer's weights; this plan's ``loss_weights`` override them.
+
+        Raises:
+            KeyError: an unknown name (with suggestions), or an ``lr_scale`` key that is not
+                a plan entry.
+            ValueError: the plan resolves to zero trainable parameters, or contradicts itself
+                about the discriminator.
+        """
+        weights = effective_weights(loss_weights, self.loss_weights)
+        entries = []
+        for name in (registry.canonical(n) for n in self.train):
+            # the built-in "generator" group expands to its organs: one parameter group each
+            entries.extend(registry.groups["generator"] if name == "generator" else [name])
+        entries = list(dict.fromkeys(entries))
+        explicit_disc = "discriminator" in entries
+        if explicit_disc and self.train_discriminator is False:
+            raise ValueError("the plan trains 'discriminator' but sets train_discriminator=False")
+        entries = [e for e in entries if e != "discriminator"]
+        groups = _assign_groups(registry, entries)
+        trained_paths = [p for e in groups for p in registry.resolve(e)]
+        organs = tuple(o for o in registry.organs if any(registry.organ_of(p) == o for p in trained_paths))
+        disc = self._discriminator_on(registry, organs, weights, explicit_disc)
+        if disc:
+            groups["discriminator"] = registry.named_parameters("discriminator")
+            trained_paths.append("discriminator")
+        scales = self._scales(registry, groups)
+        resolved = ResolvedPlan(groups, scales, disc, organs, tuple(trained_paths), weights)
+        if resolved.num_trainable() == 0:
+            raise ValueError(
+                f"plan {self.name!r} (train={list(self.train)}) resolves to zero trainable parameters"
+            )
+        return resolved
+
+    def _discriminator_on(
+        self,
+        registry: ComponentRegistry,
+        organs: tuple[str, ...],
+        weights: Mapping[str, float],
+        explicit: bool,
+    ) -> bool:
+        has_disc = "discriminator" in registry.organs
+        wanted = explicit or self.train_discriminator is True
+        if wanted and not has_disc:
+            raise ValueError("the plan trains the discriminator but the model was built without one")
+        if wanted or self.train_discriminator is False:
+            return wanted
+        needed = any(
+            weights[t] != 0 for o in organs for t in registry.losses(o) if t in _ADVERSARIAL
+        )
+        if needed and not has_disc:
+            logger.warning(
+                "plan %r trains %s, which adversarial losses reach, but the model has no "
+                "discriminator: gen/adv and gen/fm will not be computed",
+                self.name,
+                ", ".join(organs),
+            )
+        return needed and has_disc
+
+    def _scales(self, registry: ComponentRegistry, groups: Mapping[str, Any]) -> dict[str, float]:
+        scales = {name: 1.0 for name in groups}
+        for key, value in self.lr_scale.items():
+            name = registry.canonical(key)
+            if name not in scales:
+                close = difflib.get_close_matches(name, list(scales), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UnknownComponentError(
+                    f"lr_scale key {key!r} is not a trained entry of the plan{hint} "
+                    f"(entries: {', '.join(scales)})"
+                )
+            scales[name] = float(value)
+        return scales
+
+
+def _assign_groups(registry: ComponentRegistry, entries: list[str]) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Each parameter to the most specific entry (deepest resolved path) that contains it."""
+    owner: dict[int, tuple[str, int]] = {}
+    named: dict[int, tuple[str, nn.Parameter]] = {}
+    for entry in entries:
+        found = False
+        for path in registry.resolve(entry):
+            if registry.organ_of(path) == "discriminator":
+                raise ValueError(
+                    f"{entry!r}: train the discriminator as a whole ('discriminator' or "
+                    "train_discriminator=True), not by sub-path or inside a group"
+                )
+            depth = path.count(".") + 1
+            for full, param in registry.named_parameters(path):
+                found = True
+                named[id(param)] = (full, param)
+                if id(param) not in owner or depth > owner[id(param)][1]:
+                    owner[id(param)] = (entry, depth)
+        if not found:
+            raise ValueError(f"plan entry {entry!r} has no parameters")
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {e: [] for e in entries}
+    for pid, (entry, _) in owner.items():
+        groups[entry].append(named[pid])
+    return {e: pairs for e, pairs in groups.items() if pairs}
