@@ -76,3 +76,20 @@ def test_length_scale_matches_onnxruntime(joe) -> None:
         out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0, length_scale=1.35)
     assert out.audio.numel() == ref.size
     assert np.abs(out.audio.reshape(-1).numpy() - ref).max() <= 1e-3
+
+
+def test_text_through_our_tokenizer_matches_onnxruntime(joe) -> None:
+    """End to end from text: our Piper-style phonemes and ids, then both runtimes on those ids."""
+    from vits_surgery.text.tokenizer import Tokenizer
+
+    _, model, _, session = joe
+    ids = Tokenizer.from_config(model.config.text).encode("Surgery on a voice: keep the timbre, change the rhythm.")
+    x = np.array([ids], dtype=np.int64)
+    ref = session.run(
+        None,
+        {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64), "scales": np.array([0, 1, 0], np.float32)},
+    )[0].reshape(-1)
+    with torch.inference_mode():
+        out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0)
+    assert out.audio.numel() == ref.size and ref.size > 22050  # over a second of speech
+    assert np.abs(out.audio.reshape(-1).numpy() - ref).max() <= 1e-3
