@@ -395,3 +395,17 @@ def test_loader_state_follows_consumed_batches(tmp_path: Path, voices) -> None:
     resumed.load_state_dict(state)
     part.extend(b.ids for b in resumed)
     assert part == ids
+
+
+def test_loader_state_is_exact_while_workers_prefetch(tmp_path: Path, voices) -> None:
+    data = TextAudioDataset(read_ljspeech(good_folder(tmp_path, voices)) * 2, CFG)
+    reference = [b.ids for b in make_loader(data, batch_size=2, seed=4)]
+    loader = make_loader(data, batch_size=2, seed=4, num_workers=1)
+    it = iter(loader)
+    got = [next(it).ids for _ in range(2)]  # the worker has already prefetched further
+    state = loader.state_dict()
+    del it
+    assert state["position"] == 2
+    resumed = make_loader(data, batch_size=2, seed=4)
+    resumed.load_state_dict(state)
+    assert got + [b.ids for b in resumed] == reference

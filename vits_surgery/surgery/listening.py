@@ -7,6 +7,9 @@ audio, a log-mel image, the alignment image and a per-token duration bar chart.
 
 Contract with the trainer (any of these works; a step is rendered at most once):
 
+- as the trainer's listener: ``SurgicalTrainer(..., listener=cb)`` with ``sample_every=N``;
+  the trainer calls ``cb(trainer, step)`` at step 0 and every N steps and passes the result to
+  its callbacks' ``on_sample``;
 - as a callback: ``on_fit_start`` renders the baseline when the trainer's ``step`` is 0 (before
   any update), ``on_step_end(step)`` renders when ``step % every == 0``, and ``on_sample``
   renders ``step`` if it has not been rendered yet;
@@ -175,6 +178,10 @@ class ListeningCallback(Callback):
         return self.out_dir / "samples" / f"step_{step:07d}"
 
     # ------------------------------------------------------------------ hooks
+    def __call__(self, trainer: SurgicalTrainer, step: int) -> dict[str, Any]:
+        """The trainer's ``listener(trainer, step)`` protocol: :meth:`sample` on ``trainer.model``."""
+        return self.sample(trainer.model, step, getattr(trainer, "tokenizer", None))
+
     def on_fit_start(self, trainer: SurgicalTrainer) -> None:
         if int(getattr(trainer, "step", 0) or 0) == 0:
             self.sample(trainer.model, 0, getattr(trainer, "tokenizer", None))
