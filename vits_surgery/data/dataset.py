@@ -125,6 +125,7 @@ class TextAudioDataset(Dataset):
     ) -> None:
         if min_seconds < 0 or max_seconds <= min_seconds:
             raise DataError(f"need 0 <= min_seconds < max_seconds, got {min_seconds} and {max_seconds}")
+        items = list(items)
         self.config = model_config
         self.audio_cfg = model_config.audio
         self.on_bad = check_on_bad(on_bad)
