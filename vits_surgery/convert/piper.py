@@ -14,6 +14,7 @@ original-VITS key map (:mod:`vits_surgery.convert.vits`):
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,6 +126,16 @@ def load_piper_onnx(path: Path, config_path: str | Path | None = None):
     return model, report
 
 
+def _literal(value: Any) -> Any:
+    """LightningCLI may store tuple hparams as their repr (``"(8, 8, 4)"``); Piper literal-evals them."""
+    if isinstance(value, str) and value.strip().startswith(("(", "[")):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ConversionError(f"cannot parse Piper hyper-parameter value {value!r}") from None
+    return value
+
+
 def _hparams_to_vits_json(hp: Mapping[str, Any]) -> dict[str, Any]:
     model_keys = (
         "inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size",
@@ -144,7 +155,7 @@ def _hparams_to_vits_json(hp: Mapping[str, Any]) -> dict[str, Any]:
         "n_speakers": n_speakers if n_speakers > 1 else 0,
         "text_cleaners": [],
     }
-    model = {k: hp[k] for k in model_keys if k in hp}
+    model = {k: _literal(hp[k]) for k in model_keys if k in hp}
     model["n_vocab"] = int(hp.get("num_symbols", 256))
     train = {"segment_size": int(hp.get("segment_size", 8192))}
     return {"data": data, "model": model, "train": train}
@@ -177,6 +188,8 @@ def load_piper_ckpt(path: Path, config_path: str | Path | None = None):
     hps = _hparams_to_vits_json(hp)
     if "enc_p.emb.weight" in gen:
         hps["model"]["n_vocab"] = int(gen["enc_p.emb.weight"].shape[0])
+    if "emb_g.weight" in gen:  # Piper builds gin 512 for several speakers even when the hparam says 0
+        hps["model"]["gin_channels"] = int(gen["emb_g.weight"].shape[1])
     config = config_from_vits_json(hps, name="piper")
     voice_json = Path(config_path) if config_path else None
     if voice_json is None:
@@ -185,6 +198,9 @@ def load_piper_ckpt(path: Path, config_path: str | Path | None = None):
     if voice_json is not None:
         voice = PiperVoiceConfig.from_json(voice_json)
         config = dataclasses.replace(config, text=_voice_text_config(voice))
+    else:
+        config = dataclasses.replace(config, text=preset("piper_medium").text)
+        report.notes.append("no voice JSON beside the checkpoint: Piper's default phoneme_id_map is assumed")
     native = vits_to_native(gen, disc or None, report, str(path))
     created = None if disc else (lambda k: "no discriminator in the checkpoint: created fresh"
                                  if k.startswith("discriminator.") else None)
