@@ -229,7 +229,7 @@ def maximum_path_numba(log_p, t_x, t_y, out, n_threads):  # pragma: no cover - c
         t_x: int64 ``[B]`` text lengths (validated by the caller: ``t_x <= t_y``,
             ``t_x == 0`` only with ``t_y == 0``).
         t_y: int64 ``[B]`` mel lengths.
-        out: float32/float64 C-contiguous ``[B, T_text, T_mel]``, fully overwritten.
+        out: float32 C-contiguous ``[B, T_text, T_mel]``, fully overwritten.
         n_threads: number of chunks the batch is split into (one per thread).
     """
     n = log_p.shape[0]

@@ -81,7 +81,7 @@ def maximum_path(log_p: torch.Tensor, mask: torch.Tensor, backend: str = "auto")
         if chosen == "numba":
             return _maximum_path_numba(log_p, t_x, t_y)
         if chosen == "cython":
-            return _maximum_path_cython(log_p, t_x, t_y)
+            return _maximum_path_cython(log_p, mask)
         return maximum_path_torch(log_p, t_x.to(log_p.device), t_y.to(log_p.device))
 
 
@@ -152,32 +152,25 @@ def _check_lengths(t_x: torch.Tensor, t_y: torch.Tensor) -> None:
     )
 
 
-def _output_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def _maximum_path_numba(log_p: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tensor) -> torch.Tensor:
     import numba
 
     from vits_surgery.align._numba_kernels import maximum_path_numba
 
     values = log_p.detach().to(device="cpu", dtype=torch.float32).contiguous()  # [B, T_text, T_mel]
-    out = torch.empty(values.shape, dtype=_output_dtype(log_p.dtype))
+    out = torch.empty(values.shape, dtype=torch.float32)  # one compiled signature only
     n_threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n_threads)
     maximum_path_numba(values.numpy(), t_x.numpy(), t_y.numpy(), out.numpy(), n_threads)
     return out.to(device=log_p.device, dtype=log_p.dtype)
 
 
-def _maximum_path_cython(log_p: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tensor) -> torch.Tensor:
+def _maximum_path_cython(log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     import monotonic_align
 
-    n, t_text, t_mel = log_p.shape
     # monotonic-align works in the original VITS layout [B, T_mel, T_text] and needs C-contiguous
-    # float32; given [B, T_text, T_mel] it silently returns a wrong path.
+    # float32; given [B, T_text, T_mel] it silently returns a wrong path. It reads the lengths
+    # from mask sums exactly as _lengths does, so the (transposed) caller's mask is passed on.
     values = log_p.detach().to(device="cpu", dtype=torch.float32).transpose(1, 2).contiguous()
-    frames = torch.arange(t_mel)[None, :, None] < t_y[:, None, None]  # [B, T_mel, 1]
-    tokens = torch.arange(t_text)[None, None, :] < t_x[:, None, None]  # [B, 1, T_text]
-    mask = (frames & tokens).to(torch.float32)  # [B, T_mel, T_text]
-    path = monotonic_align.maximum_path(values, mask)  # [B, T_mel, T_text]
+    path = monotonic_align.maximum_path(values, mask.transpose(1, 2))  # [B, T_mel, T_text]
     return path.transpose(1, 2).contiguous().to(device=log_p.device, dtype=log_p.dtype)
