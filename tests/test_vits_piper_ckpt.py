@@ -309,3 +309,16 @@ def test_piper_ckpt_loads_strictly_and_exports_back(tmp_path, speakers):
     assert len(report.mapped) == len(g) + len(d or {})
     check_infer(model, speaker=3 if speakers > 1 else None)
     check_export(model, piper_g(speakers), manifest("vits_D.json"), g, d)
+
+
+def test_gin_channels_without_speakers_keeps_the_conditioning_layers(tmp_path):
+    # the original builds dec.cond / cond_layer / dp.cond whenever gin_channels != 0, and emb_g only
+    # for several speakers: a single-speaker config that keeps vctk's gin_channels has them
+    g = {k: v for k, v in random_state(vctk_base_g(), 7).items() if k != "emb_g.weight"}
+    config = {**VCTK_BASE, "data": {**VCTK_BASE["data"], "n_speakers": 0}}
+    model, report = vits_surgery.load(write_vits(tmp_path / "gin", g, config), return_report=True)
+    assert (model.config.n_speakers, model.config.gin_channels) == (0, 256)
+    assert model.speaker_embedding is None
+    assert_tensors_landed(model, g)
+    check_export(model, {k: s for k, s in vctk_base_g().items() if k != "emb_g.weight"}, manifest("vits_D.json"),
+                 g, None)

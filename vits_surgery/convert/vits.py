@@ -102,7 +102,8 @@ def config_from_vits_json(hps: Mapping[str, Any], name: str = "vits") -> VITSCon
     m, d = hps["model"], hps["data"]
     hidden = int(_get(m, "hidden_channels", 192))
     n_speakers = int(_get(d, "n_speakers", 0))
-    gin = int(_get(m, "gin_channels", 0)) if n_speakers > 0 else 0
+    # SynthesizerTrn builds its conditioning layers whenever gin_channels != 0, speakers or not
+    gin = int(_get(m, "gin_channels", 0))
     from ..text.symbols import vits_symbols
 
     symbols = vits_symbols()
