@@ -22,6 +22,7 @@ transformers = pytest.importorskip(
 
 import vits_surgery  # noqa: E402
 from vits_surgery.convert import detect_format  # noqa: E402
+from vits_surgery.convert.hf import HF_DEFAULTS, config_from_hf  # noqa: E402
 from vits_surgery.convert.report import ConversionError  # noqa: E402
 from vits_surgery.text.tokenizer import Tokenizer  # noqa: E402
 
@@ -37,6 +38,8 @@ CASES = {
     "sdp": {},
     "deterministic": {"use_stochastic_duration_prediction": False},
     "multispeaker": {"num_speakers": 4, "speaker_embedding_size": 8},
+    # one speaker with a speaker width: HF builds the conditioning layers but never feeds them
+    "unused_conditioning": {"speaker_embedding_size": 8},
 }
 TOL = 1e-4
 
@@ -197,3 +200,13 @@ def test_folder_without_config_is_refused(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConversionError, match="config.json"):
         vits_surgery.load(tmp_path, format="hf")
+
+
+def test_defaults_for_missing_fields_are_transformers_defaults():
+    reference = transformers.VitsConfig().to_dict()
+    for key, value in HF_DEFAULTS.items():
+        assert json.loads(json.dumps(reference[key])) == value, key
+    cfg = config_from_hf({"model_type": "vits"})
+    assert (cfg.text_encoder.n_vocab, cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length) == (38, 16000, 1024, 256)
+    assert (cfg.posterior_encoder.n_layers, cfg.flow.n_layers, cfg.n_speakers, cfg.gin_channels) == (16, 4, 0, 0)
+    assert cfg.noise_scale_w == 0.8 and cfg.length_scale == 1.0

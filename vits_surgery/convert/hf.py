@@ -25,10 +25,11 @@ Layout differences from the native (original-VITS / Coqui) names, all handled by
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +45,9 @@ from ..config import (
 )
 from .keymap import Rule, apply_rules, legacy_weight_norm_to_parametrized
 from .report import ConversionError, ConversionReport
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models.vits import VITS
 
 __all__ = ["HF_RULES", "HF_DEFAULTS", "config_from_hf", "text_config_from_hf", "hf_to_native", "load_hf"]
 
@@ -166,6 +170,30 @@ def _check_supported(hf: Mapping[str, Any]) -> None:
             raise ConversionError(f"HF config {key}={value!r} is not supported: vits_surgery needs {required!r} ({why})")
 
 
+def _duration_config(hf: Mapping[str, Any]) -> DurationPredictorConfig:
+    v = functools.partial(_hf_value, hf)
+    return DurationPredictorConfig(
+        stochastic=bool(v("use_stochastic_duration_prediction")), filter_channels=int(v("hidden_size")),
+        kernel_size=int(v("duration_predictor_kernel_size")), p_dropout=float(v("duration_predictor_dropout")),
+        n_flows=int(v("duration_predictor_num_flows")), num_bins=int(v("duration_predictor_flow_bins")),
+        tail_bound=float(v("duration_predictor_tail_bound")), dds_layers=int(v("depth_separable_num_layers")),
+        deterministic_filter_channels=int(v("duration_predictor_filter_channels")), deterministic_style="vits",
+    )
+
+
+def _decoder_config(hf: Mapping[str, Any]) -> DecoderConfig:
+    v = functools.partial(_hf_value, hf)
+    return DecoderConfig(
+        resblock="1",  # HF implements only ResBlock1
+        resblock_kernel_sizes=tuple(int(k) for k in v("resblock_kernel_sizes")),
+        resblock_dilation_sizes=tuple(tuple(int(d) for d in ds) for ds in v("resblock_dilation_sizes")),
+        upsample_rates=tuple(int(r) for r in v("upsample_rates")),
+        upsample_initial_channel=int(v("upsample_initial_channel")),
+        upsample_kernel_sizes=tuple(int(k) for k in v("upsample_kernel_sizes")),
+        leaky_slope=float(v("leaky_relu_slope")),
+    )
+
+
 def config_from_hf(hf: Mapping[str, Any], text: TextConfig | None = None, name: str = "hf") -> VITSConfig:
     """Build a :class:`VITSConfig` from an HF ``VitsConfig`` dict (``config.json``).
 
@@ -178,7 +206,7 @@ def config_from_hf(hf: Mapping[str, Any], text: TextConfig | None = None, name: 
         ConversionError: a field our model cannot represent (named with its value).
     """
     _check_supported(hf)
-    v = lambda key: _hf_value(hf, key)  # noqa: E731 - short local accessor
+    v = functools.partial(_hf_value, hf)
     hidden, bins = int(v("hidden_size")), int(v("spectrogram_bins"))
     n_fft = 2 * (bins - 1)
     rates = tuple(int(r) for r in v("upsample_rates"))
@@ -195,24 +223,11 @@ def config_from_hf(hf: Mapping[str, Any], text: TextConfig | None = None, name: 
             kernel_size=int(v("ffn_kernel_size")), p_dropout=float(v("hidden_dropout")),
             window_size=int(v("window_size")),
         ),
-        duration_predictor=DurationPredictorConfig(
-            stochastic=bool(v("use_stochastic_duration_prediction")), filter_channels=hidden,
-            kernel_size=int(v("duration_predictor_kernel_size")), p_dropout=float(v("duration_predictor_dropout")),
-            n_flows=int(v("duration_predictor_num_flows")), num_bins=int(v("duration_predictor_flow_bins")),
-            tail_bound=float(v("duration_predictor_tail_bound")), dds_layers=int(v("depth_separable_num_layers")),
-            deterministic_filter_channels=int(v("duration_predictor_filter_channels")), deterministic_style="vits",
-        ),
+        duration_predictor=_duration_config(hf),
         posterior_encoder=PosteriorEncoderConfig(n_layers=int(v("posterior_encoder_num_wavenet_layers")), **wavenet),
         flow=FlowConfig(n_flows=int(v("prior_encoder_num_flows")),
                         n_layers=int(v("prior_encoder_num_wavenet_layers")), **wavenet),
-        decoder=DecoderConfig(
-            resblock="1",  # HF implements only ResBlock1
-            resblock_kernel_sizes=tuple(int(k) for k in v("resblock_kernel_sizes")),
-            resblock_dilation_sizes=tuple(tuple(int(d) for d in ds) for ds in v("resblock_dilation_sizes")),
-            upsample_rates=rates, upsample_initial_channel=int(v("upsample_initial_channel")),
-            upsample_kernel_sizes=tuple(int(k) for k in v("upsample_kernel_sizes")),
-            leaky_slope=float(v("leaky_relu_slope")),
-        ),
+        decoder=_decoder_config(hf),
         inter_channels=int(v("flow_size")),
         # HF builds embed_speaker only for num_speakers > 1, but the conditioning layers
         # whenever speaker_embedding_size > 0 (then unused for one speaker, as here)
@@ -278,11 +293,12 @@ def _resolve(path: Path) -> tuple[Path, Path]:
     return weights, folder
 
 
-def load_hf(path: Path, **_: Any):
+def load_hf(path: Path, **options: Any) -> tuple[VITS, ConversionReport]:
     """Load an HF ``VitsModel`` folder (or its ``model.safetensors``) as a native VITS.
 
     Args:
         path: the folder holding ``config.json`` + ``model.safetensors`` (+ ``vocab.json``).
+        **options: none are accepted (the folder is self-describing); any given is an error.
 
     Returns:
         (VITS, ConversionReport); the report lists the fresh discriminator.
@@ -295,6 +311,8 @@ def load_hf(path: Path, **_: Any):
     from . import read_json
     from .vits import build_and_load
 
+    if options:
+        raise ConversionError(f"HF VitsModel folders take no loading options (got {', '.join(sorted(options))})")
     weights, folder = _resolve(path)
     report = ConversionReport("hf", str(folder))
     hf = read_json(folder / "config.json")
