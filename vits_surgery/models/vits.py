@@ -115,6 +115,9 @@ class VITS(nn.Module):
         self.decoder = Generator(config.decoder, config.inter_channels, gin)
         self.speaker_embedding = nn.Embedding(config.n_speakers, gin) if config.n_speakers > 0 else None
         self.discriminator = VITSDiscriminator(config.discriminator) if with_discriminator else None
+        #: Default cap on the latent frames :meth:`infer` decodes (None = no cap). Coqui's
+        #: ``max_inference_len``: the Coqui loader sets it; it is not part of the config.
+        self.max_inference_frames: int | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -318,8 +321,11 @@ class VITS(nn.Module):
             noise_scale_w: duration-predictor noise (default ``config.noise_scale_w``).
             length_scale: duration multiplier, >1 is slower (default ``config.length_scale``).
             durations: [B, T_x] frames per token; overrides the predictor (and length_scale).
+                Fractional values are rounded up (Coqui ``aux_input["durations"]``).
             generator: RNG for the noise.
-            max_frames: cap on latent frames decoded.
+            max_frames: cap on latent frames decoded (default ``self.max_inference_frames``).
+                The flow runs on the whole utterance; only its output is cut before the
+                decoder (Coqui ``max_inference_len``).
 
         Returns:
             :class:`InferenceOutput` with ``audio`` [B, 1, N] and ``durations`` [B, T_x].
@@ -343,11 +349,9 @@ class VITS(nn.Module):
         if durations is None:
             w_ceil = self.predict_durations(enc, g, noise_scale_w, length_scale, generator)
         else:
-            w_ceil = torch.as_tensor(durations, dtype=enc.m_p.dtype, device=device).reshape(tokens.shape)
-            w_ceil = w_ceil * enc.mask.squeeze(1)
+            w = torch.as_tensor(durations, dtype=enc.m_p.dtype, device=device).reshape(tokens.shape)
+            w_ceil = torch.ceil(w) * enc.mask.squeeze(1)
         y_lengths = torch.clamp_min(w_ceil.sum(dim=1), 1).long()  # [B]
-        if max_frames is not None:
-            y_lengths = y_lengths.clamp(max=max_frames)
         y_mask = length_mask(y_lengths, int(y_lengths.max()), enc.m_p.dtype)  # [B, 1, T_y]
         attn_mask = enc.mask.transpose(1, 2) * y_mask  # [B, T_x, T_y]
         path = generate_path(w_ceil, attn_mask)  # [B, T_x, T_y]
@@ -355,6 +359,10 @@ class VITS(nn.Module):
         eps = torch.randn(m_e.shape, generator=generator, device="cpu", dtype=m_e.dtype).to(device)
         z_p = m_e + eps * torch.exp(logs_e) * noise_scale
         z = self.flow(z_p, y_mask, g=g, reverse=True).z * y_mask
+        max_frames = self.max_inference_frames if max_frames is None else max_frames
+        if max_frames is not None:  # cut after the flow, as Coqui does
+            z, y_mask = z[:, :, :max_frames], y_mask[:, :, :max_frames]
+            y_lengths = y_lengths.clamp(max=max_frames)
         audio = self.decoder(z, g=g)  # [B, 1, T_y * hop]
         audio_lengths = y_lengths * self.hop_length
         audio = audio * length_mask(audio_lengths, audio.shape[-1], audio.dtype)
