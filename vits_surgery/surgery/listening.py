@@ -25,6 +25,7 @@ Under ``torch.distributed`` only rank 0 renders.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -225,6 +226,10 @@ class ListeningCallback(Callback):
             "step": step, "dir": self.step_dir(step), "sample_rate": sr, "texts": list(self.sentences),
             "tokens": [], "paths": [], "audio": [], "durations": [], "alignments": [],
         }
+        index = self.out_dir / "samples" / "sentences.json"
+        if not index.is_file():  # the report captions its players with these
+            index.parent.mkdir(parents=True, exist_ok=True)
+            index.write_text(json.dumps(list(self.sentences), ensure_ascii=False), encoding="utf-8")
         for i, text in enumerate(self.sentences):
             tokens = _encode(tokenizer, text, i)
             out = synthesize(model, tokens, self.seed + i, speaker, max_frames, **self.infer_kwargs)
