@@ -281,3 +281,20 @@ def test_fractional_forced_durations_round_up():
         whole = model.infer(tokens, noise_scale=0.0, durations=torch.tensor([[1.0, 1.0, 2.0, 2.0, 3.0, 0.0]]))
     assert torch.equal(frac.durations, whole.durations)
     assert torch.equal(frac.audio, whole.audio)
+
+
+def test_audio_lengths_follow_the_decoder_when_upsampling_adds_samples():
+    """Kernel minus rate odd (e.g. Coqui 16 kHz configs with rates 5,4,4,2 and kernels 10,8,8,4)."""
+    torch.manual_seed(0)
+    model = VITS(preset("tiny", **{"decoder.upsample_kernel_sizes": (9, 8, 7)}), with_discriminator=False).eval()
+    frames = torch.tensor([1, 5, 12])
+    lengths = model.audio_length(frames)
+    assert torch.equal(lengths, ((frames * 4 + 1) * 4) * 4 + 1)
+    with torch.no_grad():
+        for n, expected in zip(frames.tolist(), lengths.tolist(), strict=True):
+            assert model.decoder(torch.randn(1, model.config.inter_channels, n)).shape[-1] == expected
+        out = model.infer(torch.randint(4, 60, (2, 5)), torch.tensor([5, 3]), noise_scale=0.0,
+                          durations=torch.full((2, 5), 2.0))
+    assert torch.equal(out.audio_lengths, model.audio_length(torch.tensor([10, 6])))
+    assert out.audio.shape[-1] == int(out.audio_lengths[0])
+    assert float(out.audio[0, 0, -1].abs()) > 0 and float(out.audio[1, 0, int(out.audio_lengths[1]):].abs().max()) == 0

@@ -42,6 +42,7 @@ from .keymap import WN_G, WN_V, Rule, apply_rules
 from .report import ConversionError, ConversionReport
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..config import VITSConfig
     from ..models.vits import VITS
 
 __all__ = [
@@ -107,14 +108,45 @@ def _to_legacy_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+_UNUSED_DP_COND = (
+    "condition_dp_on_speaker=False: Coqui builds the deterministic duration predictor's speaker layer "
+    "but never uses it at inference"
+)
+
+
+def _unused_dp_cond(config: VITSConfig) -> bool:
+    """Coqui's glow-tts predictor has ``cond`` whenever the model has speakers."""
+    dp = config.duration_predictor
+    return config.n_speakers > 0 and not dp.stochastic and not dp.condition_on_speaker
+
+
 def coqui_to_native(
-    state: Mapping[str, torch.Tensor], report: ConversionReport, source: str = "checkpoint"
+    state: Mapping[str, torch.Tensor],
+    report: ConversionReport,
+    source: str = "checkpoint",
+    config: VITSConfig | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Rename a Coqui VITS state dict (either weight-norm style) to native keys."""
+    """Rename a Coqui VITS state dict (either weight-norm style) to native keys.
+
+    With ``config``, tensors Coqui stores but never uses for it are dropped (and reported).
+    """
     normalised, pairs = _normalise_legacy_weight_norm(state)
     if pairs:
         report.notes.append(f"legacy weight norm (weight_g/weight_v): {pairs} layers converted")
+    if config is not None and _unused_dp_cond(config):
+        for key in [k for k in normalised if k.startswith("duration_predictor.cond.")]:
+            del normalised[key]
+            report.dropped.append((key, _UNUSED_DP_COND))
     return apply_rules(normalised, COQUI_RULES, report, source)
+
+
+def _add_unused_dp_cond(state: dict[str, torch.Tensor], config: VITSConfig) -> None:
+    """Zero ``duration_predictor.cond`` for Coqui's strict load (a no-op layer, see ``_UNUSED_DP_COND``)."""
+    if _unused_dp_cond(config):
+        width = config.text_encoder.hidden_channels
+        state["duration_predictor.cond.weight"] = torch.zeros(width, config.gin_channels, 1)
+        state["duration_predictor.cond.bias"] = torch.zeros(width)
+        logger.info("duration_predictor.cond written as zeros (%s)", _UNUSED_DP_COND)
 
 
 def native_to_coqui(
@@ -187,7 +219,7 @@ def load_coqui(path: str | Path, config_path: str | Path | None = None, **_: Any
     report = ConversionReport("coqui", str(path))
     report.notes.extend(notes)
     config = config_from_coqui(cfg, state, report.notes)
-    renamed = coqui_to_native(state, report, str(path))
+    renamed = coqui_to_native(state, report, str(path), config)
     model = build_and_load(config, renamed, report, create=_discriminator_created, source=str(path))
     if report.created_prefixes().get("discriminator"):
         report.notes.append("generator-only checkpoint: the discriminator is freshly initialised")
@@ -248,6 +280,7 @@ def export_coqui(
     base = base_config if base_config is not None else getattr(model, "coqui_config", None)
     cfg = coqui_config_dict(model.config, base, include, getattr(model, "max_inference_frames", None))
     state = native_to_coqui(_generator_state(model, include), legacy_weight_norm)
+    _add_unused_dp_cond(state, model.config)
     blob = {"config": cfg, "model": state, "optimizer": None, "scheduler": None, "scaler": None,
             "step": int(step), "epoch": int(epoch), "date": datetime.date.today().strftime("%B %d, %Y")}
     buffer = io.BytesIO()

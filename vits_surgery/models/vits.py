@@ -125,6 +125,19 @@ class VITS(nn.Module):
         """Waveform samples per latent frame."""
         return self.config.audio.hop_length
 
+    def audio_length(self, frames: torch.Tensor) -> torch.Tensor:
+        """Samples the decoder produces from ``frames`` latent frames (any shape, integer).
+
+        ``frames * hop_length`` unless an upsampling kernel minus its rate is odd: then each
+        transposed convolution adds a sample (e.g. rates 5,4,4,2 with kernels 10,8,8,4 give
+        ``160 * frames + 32``), and Coqui returns those samples too.
+        """
+        n = frames
+        dec = self.config.decoder
+        for rate, kernel in zip(dec.upsample_rates, dec.upsample_kernel_sizes, strict=True):
+            n = (n - 1) * rate - 2 * ((kernel - rate) // 2) + kernel  # ConvTranspose1d output length
+        return n
+
     def speaker_vector(self, speakers: torch.Tensor | None) -> torch.Tensor | None:
         """Speaker conditioning ``g`` [B, gin, 1] from speaker ids [B], or None."""
         if self.speaker_embedding is None:
@@ -364,7 +377,7 @@ class VITS(nn.Module):
             z, y_mask = z[:, :, :max_frames], y_mask[:, :, :max_frames]
             y_lengths = y_lengths.clamp(max=max_frames)
         audio = self.decoder(z, g=g)  # [B, 1, T_y * hop]
-        audio_lengths = y_lengths * self.hop_length
+        audio_lengths = self.audio_length(y_lengths)  # [B]
         audio = audio * length_mask(audio_lengths, audio.shape[-1], audio.dtype)
         return InferenceOutput(audio, audio_lengths, w_ceil, path, z, y_mask)
 
