@@ -26,9 +26,16 @@ from typing import Any
 from torch import nn
 
 from ..losses import DEFAULT_WEIGHTS
-from .registry import ComponentRegistry, UnknownComponentError
+from .registry import (
+    GENERATOR_TERMS,
+    WAVEFORM_TERMS,
+    ComponentRegistry,
+    UnknownComponentError,
+    data_flow,
+    reachable_losses,
+)
 
-__all__ = ["SurgeryPlan", "ResolvedPlan", "effective_weights"]
+__all__ = ["SurgeryPlan", "ResolvedPlan", "StepPlan", "effective_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -287,3 +294,44 @@ def _assign_groups(registry: ComponentRegistry, entries: list[str]) -> dict[str,
     for pid, (entry, _) in owner.items():
         groups[entry].append(named[pid])
     return {e: pairs for e, pairs in groups.items() if pairs}
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one training step computes.
+
+    Attributes:
+        terms: generator loss terms computed (weight != 0 and reaching a trainable organ).
+        grad: stage -> whether it runs with gradients.
+        decode: whether the decoder runs (a waveform term, or the discriminator trains).
+        train_discriminator: whether the discriminator is updated.
+    """
+
+    terms: tuple[str, ...]
+    grad: dict[str, bool]
+    decode: bool
+    train_discriminator: bool
+
+    @classmethod
+    def derive(cls, model: nn.Module, resolved: ResolvedPlan) -> StepPlan:
+        """Derive from the data-flow graph of ``model.config`` and a resolved plan."""
+        config = model.config
+        graph, reach = data_flow(config), reachable_losses(config)
+        trained = set(resolved.trained_organs)
+        weights = resolved.loss_weights
+        has_disc = getattr(model, "discriminator", None) is not None
+        terms = tuple(
+            t
+            for t in GENERATOR_TERMS
+            if weights[t] != 0
+            and any(t in reach.get(o, ()) for o in trained)
+            and (has_disc or t in ("gen/kl", "gen/dur", "gen/mel"))
+        )
+        order = ("speaker_embedding", "text_encoder", "posterior_encoder", "flow", "duration_predictor", "decoder")
+        grad: dict[str, bool] = {}
+        for node in order:
+            parents = [p for p, consumers in graph.items() if node in consumers]
+            upstream = node in trained or any(grad.get(p, False) for p in parents)
+            grad[node] = upstream and any(t in terms for t in reach.get(node, ()))
+        decode = any(t in terms for t in WAVEFORM_TERMS) or resolved.train_discriminator
+        return cls(terms, grad, decode, resolved.train_discriminator)

@@ -1,0 +1,82 @@
+"""Optimisation settings of :class:`~vits_surgery.surgery.trainer.SurgicalTrainer`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (defaults: VITS / Coqui, constant learning rate).
+
+    Attributes:
+        lr: generator learning rate (each group: ``lr * plan.lr_scale[group]``).
+        lr_discriminator: discriminator learning rate; None = ``lr``.
+        betas, eps, weight_decay: AdamW (VITS: (0.8, 0.99), 1e-9, 0.01).
+        warmup_steps: linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        lr_decay: ExponentialLR gamma (1.0 = constant; VITS 0.999875 per epoch).
+        lr_decay_every: "step" or "epoch".
+        grad_clip: max global gradient norm per optimizer (None = off; VITS 1000).
+        grad_accum: batches per optimizer update.
+        amp: "bf16", "fp16" or None; the flow, the duration predictor, MAS and the losses
+            always run in fp32.
+        loss_weights: overrides of ``losses.DEFAULT_WEIGHTS`` (0 = term not computed).
+        sample_every: listening checkpoint period in steps (0 = never; step 0 is the baseline).
+        save_every: checkpoint period in steps (0 = only at the end of ``fit``).
+        keep_last: checkpoints kept (0 = all).
+        seed: seeds torch, numpy, random and the noise generator (+ rank); None = leave them.
+        log_every: log losses every N steps.
+        device: "cpu", "cuda", "cuda:1"...; None = ``cuda:LOCAL_RANK`` if available, else CPU.
+        max_consecutive_nonfinite: stop after this many skipped updates in a row.
+        progress: show a tqdm bar with live losses (rank 0).
+    """
+
+    lr: float = 2e-4
+    lr_discriminator: float | None = None
+    betas: tuple[float, float] = (0.8, 0.99)
+    eps: float = 1e-9
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    lr_decay: float = 1.0
+    lr_decay_every: str = "step"
+    grad_clip: float | None = 1000.0
+    grad_accum: int = 1
+    amp: str | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    sample_every: int = 0
+    save_every: int = 1000
+    keep_last: int = 3
+    seed: int | None = 1234
+    log_every: int = 50
+    device: str | None = None
+    max_consecutive_nonfinite: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
+        if self.lr_decay_every not in ("step", "epoch"):
+            raise ValueError(f"TrainConfig.lr_decay_every must be 'step' or 'epoch', got {self.lr_decay_every!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"TrainConfig.grad_accum must be >= 1, got {self.grad_accum}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**data)

@@ -1,0 +1,521 @@
+"""SurgicalTrainer: fine-tune the organs of a plan, computing only what they need.
+
+Override surface (each method is small; subclass to change behaviour, use callbacks to
+observe):
+
+- :meth:`SurgicalTrainer.configure_optimizers` -> ``{"generator": opt, "discriminator": opt}``
+- :meth:`SurgicalTrainer.configure_schedulers` -> ``{name: LRScheduler}``
+- :meth:`SurgicalTrainer.forward_generator` -> :class:`~vits_surgery.models.vits.VITSTrainOutput`
+- :meth:`SurgicalTrainer.generator_losses` / :meth:`SurgicalTrainer.discriminator_losses`
+  -> ``{"gen/mel": tensor, ...}``
+- :meth:`SurgicalTrainer.training_step` -> ``{"gen/mel": float, ...}`` (one batch; callable
+  from a notebook loop)
+- :meth:`SurgicalTrainer.sample` -> the listening checkpoint's samples
+
+**What runs.** :class:`StepPlan` derives from the registry's data-flow graph which loss terms
+reach a trainable organ (terms with weight 0 are never computed) and which stages need
+gradients. A cadence plan runs the text encoder, posterior encoder and flow under
+``no_grad``, MAS, and the duration predictor with gradients; no decoder, no discriminator, no
+mel. A stage runs with gradients only when a trainable organ is at or upstream of it and its
+output feeds a computed term.
+
+**Distributed.** Under ``torchrun`` the process group is initialised from the environment.
+Gradients of the trainable parameters are averaged across ranks with one flattened
+all-reduce per optimizer after each accumulation window (together with the non-finite flag,
+so every rank skips or steps alike). Frozen parameters never take part, so they cannot stall
+synchronisation as they would in ``DistributedDataParallel``, whose reducer also expects one
+``forward`` per ``backward`` while this trainer calls the model's stages directly and prunes
+them. Rank 0 alone writes checkpoints, samples and callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..audio import amp_to_log, log_mel, spec_to_mel
+from ..batch import Batch
+from ..losses import (
+    discriminator_loss,
+    duration_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    kl_loss,
+    mel_loss,
+    weighted_total,
+)
+from ..models.commons import slice_segments
+from ..models.vits import VITS, TrainNoise, VITSTrainOutput
+from . import runtime
+from .callbacks import Callback, CallbackList
+from .freeze import apply_resolved
+from .plan import StepPlan, SurgeryPlan
+from .registry import ComponentRegistry
+from .train_config import TrainConfig
+
+__all__ = ["TrainConfig", "StepPlan", "SurgicalTrainer", "NonFiniteLossError"]  # config/plan re-exported
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had NaN/inf losses or gradients."""
+
+
+class SurgicalTrainer:
+    """Fine-tune the organs of a :class:`SurgeryPlan` on a donor's data.
+
+    Args:
+        model: the recipient voice (moved to ``config.device``; frozen per the plan).
+        plan: what trains.
+        train_data: an iterable of :class:`~vits_surgery.batch.Batch` (a DataLoader, a list);
+            re-iterated each epoch (``set_epoch(epoch)`` is called on it or its sampler when
+            present).
+        lr: learning rate; overrides ``config.lr`` when given.
+        out_dir: checkpoints, samples and the run lock go here.
+        config: optimisation settings.
+        callbacks: observers (rank 0).
+        registry: the model's registry, for user-registered groups.
+        listener: ``listener(trainer, step) -> dict`` synthesizes the listening samples.
+    """
+
+    def __init__(
+        self,
+        model: VITS,
+        plan: SurgeryPlan,
+        train_data: Iterable[Batch] | None = None,
+        lr: float | None = None,
+        out_dir: str | Path = "runs/surgery",
+        config: TrainConfig | None = None,
+        callbacks: list[Callback] | None = None,
+        registry: ComponentRegistry | None = None,
+        listener: Any = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        if lr is not None:
+            self.config = TrainConfig.from_dict({**self.config.to_dict(), "lr": lr})
+        self.rank, self.world_size = runtime.init_from_env()
+        self.device = torch.device(self.config.device or runtime.default_device())
+        self.model = model.to(self.device)
+        self.plan = plan
+        self.registry = registry or ComponentRegistry(model)
+        self.resolved = plan.resolve(self.registry, self.config.loss_weights)
+        apply_resolved(model, self.resolved, frozen_eval=plan.frozen_eval)
+        self.weights = self.resolved.loss_weights
+        self.step_plan = StepPlan.derive(model, self.resolved)
+        self.train_data = train_data
+        self.stream = runtime.BatchStream(train_data or [], self.rank, self.world_size)
+        self.out_dir = Path(out_dir)
+        self.listener = listener
+        self.callbacks = CallbackList(callbacks)
+        if self.config.progress and self.rank == 0:
+            from .progress import ProgressBar
+
+            self.callbacks.append(ProgressBar())
+        self.step = 0
+        self.max_steps: int | None = None
+        self.skipped_steps = 0
+        self._consecutive_bad = 0
+        self._micro = 0
+        self._scaler_stepped = False
+        self._bad = {"generator": False, "discriminator": False}
+        self.generator = torch.Generator(device=self.device)
+        if self.config.seed is not None:
+            runtime.seed_everything(self.config.seed + self.rank, self.generator)
+        runtime.broadcast_model(model)
+        groups = self.resolved.groups
+        self.generator_params = [p for name, pairs in groups.items() if name != "discriminator" for _, p in pairs]
+        self.discriminator_params = [p for _, p in groups.get("discriminator", [])]
+        self.optimizers = self.configure_optimizers()
+        self.schedulers = self.configure_schedulers(self.optimizers)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.amp == "fp16")
+        self._log_setup()
+
+    @property
+    def epoch(self) -> int:
+        """Epochs of ``train_data`` completed."""
+        return self.stream.epoch
+
+    # ------------------------------------------------------------------ set-up hooks
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """AdamW over the trainable parameters only: one group per plan entry (``lr * scale``)."""
+        cfg = self.config
+        out: dict[str, torch.optim.Optimizer] = {}
+        kwargs = {"betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+        gen_groups = [
+            {"params": [p for _, p in pairs], "lr": cfg.lr * self.resolved.lr_scale[name], "name": name}
+            for name, pairs in self.resolved.groups.items()
+            if name != "discriminator"
+        ]
+        if gen_groups:
+            out["generator"] = torch.optim.AdamW(gen_groups, lr=cfg.lr, **kwargs)
+        if self.discriminator_params:
+            lr_d = (cfg.lr_discriminator or cfg.lr) * self.resolved.lr_scale["discriminator"]
+            group = {"params": self.discriminator_params, "lr": lr_d, "name": "discriminator"}
+            out["discriminator"] = torch.optim.AdamW([group], lr=lr_d, **kwargs)
+        return out
+
+    def configure_schedulers(
+        self, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """Linear warm-up then exponential decay (per step or per epoch), one per optimizer."""
+        cfg = self.config
+
+        def factor(step: int) -> float:
+            warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+            exponent = self.epoch if cfg.lr_decay_every == "epoch" else step
+            return warm * cfg.lr_decay**exponent
+
+        return {name: torch.optim.lr_scheduler.LambdaLR(opt, factor) for name, opt in optimizers.items()}
+
+    def _log_setup(self) -> None:
+        lrs = ", ".join(
+            f"{g['name']}={g['lr']:.3g}" for opt in self.optimizers.values() for g in opt.param_groups
+        )
+        counts = {k: sum(p.numel() for _, p in v) for k, v in self.resolved.groups.items()}
+        logger.info(
+            "surgery plan %r: learning rate %.3g (%s); trainable parameters %s; computing %s%s%s",
+            self.plan.name,
+            self.config.lr,
+            lrs,
+            counts,
+            ", ".join(self.step_plan.terms) or "no generator term",
+            "; decoder runs" if self.step_plan.decode else "; no decoder",
+            "; discriminator trains" if self.step_plan.train_discriminator else "",
+        )
+
+    # ------------------------------------------------------------------ forward and losses
+    def _autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
+        amp = self.config.amp
+        if amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
+
+    def forward_generator(self, batch: Batch, noise: TrainNoise | None = None) -> VITSTrainOutput:
+        """The pruned training forward: every stage under the grad mode :class:`StepPlan` gives.
+
+        Fields the plan does not need are None (``duration_nll``, ``audio_hat``).
+        """
+        m, sp, gen = self.model, self.step_plan, self.generator
+        noise = noise or TrainNoise()
+        with torch.set_grad_enabled(sp.grad["speaker_embedding"]):
+            g = m.speaker_vector(batch.speakers)
+        with torch.set_grad_enabled(sp.grad["text_encoder"]):
+            enc = m.encode_text(batch.tokens, batch.token_lengths)
+        with torch.set_grad_enabled(sp.grad["posterior_encoder"]):
+            z, m_q, logs_q, y_mask = m.encode_audio(batch.spec, batch.spec_lengths, g, noise.posterior, gen)
+        g32 = g.float() if g is not None else None
+        m_p, logs_p, x_mask = enc.m_p.float(), enc.logs_p.float(), enc.mask.float()
+        with self._autocast(enabled=False):
+            with torch.set_grad_enabled(sp.grad["flow"]):
+                z_p = m.flow(z.float(), y_mask.float(), g=g32).z
+            path = m.align(z_p, m_p, logs_p, x_mask, y_mask.float())
+            dur = None
+            if "gen/dur" in sp.terms:
+                dur = m.duration_nll(enc.hidden.float(), x_mask, path, g32, noise.duration, gen)
+            with torch.set_grad_enabled(sp.grad["text_encoder"] and "gen/kl" in sp.terms):
+                m_e, logs_e = m.expand_prior(path, m_p, logs_p)
+        audio_hat, starts = None, None
+        if sp.decode:
+            with torch.set_grad_enabled(sp.grad["decoder"]):
+                audio_hat, starts = m.decode_segment(z, batch.spec_lengths, g, noise.segment_starts, gen)
+        return VITSTrainOutput(
+            x_mask=x_mask, y_mask=y_mask, m_p=m_p, logs_p=logs_p, z=z, m_q=m_q, logs_q=logs_q, z_p=z_p,
+            path=path, m_p_expanded=m_e, logs_p_expanded=logs_e, duration_nll=dur, audio_hat=audio_hat,
+            segment_starts=starts, g=g,
+        )
+
+    def real_segment(self, batch: Batch, out: VITSTrainOutput) -> torch.Tensor:
+        """The waveform slice [B, 1, S * hop] matching ``out.audio_hat``."""
+        hop = self.model.hop_length
+        return slice_segments(batch.wav, out.segment_starts * hop, self.model.config.segment_size * hop)
+
+    def mel_target(self, batch: Batch, out: VITSTrainOutput) -> torch.Tensor:
+        """Log-mel [B, n_mels, S] of the linear-spectrogram slice (as VITS computes it)."""
+        a = self.model.config.audio
+        spec = slice_segments(batch.spec, out.segment_starts, self.model.config.segment_size).float()
+        return amp_to_log(spec_to_mel(spec, a.sample_rate, a.n_fft, a.n_mels, a.mel_fmin, a.mel_fmax))
+
+    def discriminator_losses(self, batch: Batch, out: VITSTrainOutput) -> dict[str, torch.Tensor]:
+        """``disc/real``, ``disc/fake`` on the real slice and the detached generated slice."""
+        scores = self.model.discriminator(self.real_segment(batch, out), out.audio_hat.detach())
+        return discriminator_loss(scores.real_scores, scores.fake_scores)
+
+    def generator_losses(
+        self, batch: Batch, out: VITSTrainOutput, disc_out: Any = None
+    ) -> dict[str, torch.Tensor]:
+        """The generator terms of :attr:`StepPlan.terms` (unweighted, fp32).
+
+        Args:
+            disc_out: the discriminator's output on (real, generated) slices; computed here
+                when an adversarial term needs it and it is None.
+        """
+        terms = self.step_plan.terms
+        losses: dict[str, torch.Tensor] = {}
+        with self._autocast(enabled=False):
+            if "gen/kl" in terms:
+                losses["gen/kl"] = kl_loss(out.z_p, out.logs_q, out.m_p_expanded, out.logs_p_expanded, out.y_mask)
+            if "gen/dur" in terms:
+                losses["gen/dur"] = duration_loss(out.duration_nll, out.x_mask)
+            if "gen/mel" in terms:
+                mel_hat = log_mel(out.audio_hat.float(), self.model.config.audio)
+                losses["gen/mel"] = mel_loss(self.mel_target(batch, out), mel_hat)
+        if "gen/adv" in terms or "gen/fm" in terms:
+            if disc_out is None:
+                with torch.no_grad():
+                    real = self.model.discriminator(self.real_segment(batch, out))
+                fake = self.model.discriminator(out.audio_hat)
+                disc_out = (real, fake)
+            real, fake = disc_out
+            if "gen/adv" in terms:
+                losses["gen/adv"] = generator_adversarial_loss(fake.real_scores)
+            if "gen/fm" in terms:
+                losses["gen/fm"] = feature_matching_loss(real.real_features, fake.real_features)
+        return losses
+
+    # ------------------------------------------------------------------ one step
+    def training_step(self, batch: Batch, noise: TrainNoise | None = None) -> dict[str, float]:
+        """Forward, backward and (every ``grad_accum`` calls) an optimizer update.
+
+        Returns:
+            Loss terms (unweighted) and, after an update, ``lr/<group>``, ``grad_norm/<opt>``
+            and ``skipped`` (1.0 when the update was skipped for a non-finite value).
+        """
+        self.model.train()
+        batch = batch.to(self.device)
+        scale = 1.0 / self.config.grad_accum
+        last = self._micro + 1 == self.config.grad_accum
+        logs: dict[str, float] = {}
+        with self._autocast():
+            out = self.forward_generator(batch, noise)
+        if self.step_plan.train_discriminator:
+            with self._autocast():
+                d_losses = self.discriminator_losses(batch, out)
+            logs.update(self._backward("discriminator", d_losses, self.discriminator_params, scale))
+            if last:
+                logs.update(self._update("discriminator"))
+        if "generator" in self.optimizers:
+            with self._autocast():
+                g_losses = self.generator_losses(batch, out)
+            logs.update(self._backward("generator", g_losses, self.generator_params, scale))
+            if last:
+                logs.update(self._update("generator"))
+        self._micro = 0 if last else self._micro + 1
+        if last:
+            self._after_update(logs)
+        return logs
+
+    def _backward(
+        self, name: str, losses: dict[str, torch.Tensor], params: list[nn.Parameter], scale: float
+    ) -> dict[str, float]:
+        total = weighted_total(losses, self.weights)
+        logs = {k: float(v.detach()) for k, v in losses.items()}
+        logs[f"loss/{name}"] = float(total.detach())
+        if not math.isfinite(logs[f"loss/{name}"]):
+            self._bad[name] = True
+            return logs
+        if total.requires_grad:
+            self.scaler.scale(total * scale).backward(inputs=params)
+        return logs
+
+    def _update(self, name: str) -> dict[str, float]:
+        opt = self.optimizers[name]
+        params = self.generator_params if name == "generator" else self.discriminator_params
+        bad = runtime.all_reduce_gradients(params, self._bad[name], self.world_size)
+        logs: dict[str, float] = {}
+        if not bad:
+            self.scaler.unscale_(opt)
+            norm = runtime.grad_norm(params, self.config.grad_clip)
+            logs[f"grad_norm/{name}"] = norm
+            bad = not math.isfinite(norm) and not self.scaler.is_enabled()
+        if bad:
+            logs[f"skipped/{name}"] = 1.0
+        else:
+            self.scaler.step(opt)  # with fp16, skips by itself on inf gradients
+            self._scaler_stepped = True
+        opt.zero_grad(set_to_none=True)
+        self._bad[name] = False
+        return logs
+
+    def _after_update(self, logs: dict[str, float]) -> None:
+        skipped = any(k.startswith("skipped/") for k in logs)
+        if self._scaler_stepped:
+            self.scaler.update()
+            self._scaler_stepped = False
+        if skipped:
+            self.skipped_steps += 1
+            self._consecutive_bad += 1
+            logs["skipped"] = 1.0
+            logger.warning(
+                "step %d: non-finite loss or gradient, update skipped (%d in a row, %d in total)",
+                self.step, self._consecutive_bad, self.skipped_steps,
+            )
+            if self._consecutive_bad >= self.config.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self._consecutive_bad} consecutive updates had NaN/inf losses or gradients "
+                    f"(last losses: { {k: v for k, v in logs.items() if '/' in k} }); training stopped at "
+                    f"step {self.step}. The last checkpoint in {self.out_dir} is intact: lower the "
+                    "learning rate, check the data, or try amp=None"
+                )
+            return
+        self._consecutive_bad = 0
+        self.step += 1
+        for sched in self.schedulers.values():
+            sched.step()
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                logs[f"lr/{group['name']}"] = float(group["lr"])
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        max_steps: int,
+        sample_every: int | None = None,
+        save_every: int | None = None,
+        resume: bool | str | Path = False,
+    ) -> dict[str, float]:
+        """Train until ``self.step == max_steps``.
+
+        Args:
+            max_steps: total optimizer updates (counting those before a resume).
+            sample_every: overrides ``config.sample_every``.
+            save_every: overrides ``config.save_every``.
+            resume: True = the latest checkpoint in ``out_dir`` (if any), or a checkpoint path.
+
+        Returns:
+            The logs of the last step.
+        """
+        if self.train_data is None:
+            raise ValueError("fit() needs train_data (pass it to SurgicalTrainer)")
+        self.max_steps = max_steps
+        sample_every = self.config.sample_every if sample_every is None else sample_every
+        save_every = self.config.save_every if save_every is None else save_every
+        lock = ckpt.OutDirLock(self.out_dir).acquire() if self.rank == 0 else None
+        logs: dict[str, float] = {}
+        try:
+            if resume:
+                path = ckpt.latest_checkpoint(self.out_dir) if resume is True else Path(resume)
+                if path is not None:
+                    self.load_checkpoint(path)
+            self._fire("on_fit_start", self)
+            if sample_every and self.step == 0:
+                self._listen()
+            batches = iter(self.stream)
+            while self.step < max_steps:
+                t0, before = time.perf_counter(), self.step
+                logs = self.training_step(next(batches))
+                if self.step == before:
+                    continue
+                logs["time/step"] = time.perf_counter() - t0
+                self._fire("on_step_end", self, self.step, logs)
+                if self.config.log_every and self.step % self.config.log_every == 0:
+                    logger.info("step %d: %s", self.step, _fmt(logs))
+                if sample_every and self.step % sample_every == 0:
+                    self._listen()
+                if save_every and self.step % save_every == 0:
+                    self.save_checkpoint()
+            if not save_every or self.step % save_every != 0:
+                self.save_checkpoint()
+        finally:
+            self._fire("on_fit_end", self)
+            if lock is not None:
+                lock.release()
+        return logs
+
+    def _fire(self, hook: str, *args: Any) -> None:
+        if self.rank == 0:
+            getattr(self.callbacks, hook)(*args)
+
+    def sample(self, step: int) -> dict[str, Any] | None:
+        """Synthesize the listening samples (model in eval, no grad); None without a listener."""
+        if self.listener is None:
+            return None
+        return self.listener(self, step)
+
+    def _listen(self) -> None:
+        if self.rank != 0:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                samples = self.sample(self.step)
+        finally:
+            self.model.train(was_training)
+        if samples is not None:
+            self._fire("on_sample", self, self.step, samples)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizers, schedulers, scaler, counters, RNG states and data position."""
+        return {
+            "step": self.step,
+            "data": self.stream.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "rng": runtime.rng_state(self.generator),
+            "plan": self.plan.to_json(),
+            "train_config": json.dumps(self.config.to_dict()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if set(state["optimizers"]) != set(self.optimizers):
+            raise ckpt.CheckpointError(
+                f"the checkpoint has optimizers {sorted(state['optimizers'])} but this plan builds "
+                f"{sorted(self.optimizers)}: resume with the plan it was trained with"
+            )
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.stream.load_state_dict(state["data"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        runtime.set_rng_state(state["rng"], self.generator)
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
+        """Write model + trainer state atomically (rank 0); prune to ``keep_last``."""
+        if self._micro != 0:
+            raise RuntimeError("save_checkpoint() in the middle of a gradient-accumulation window")
+        final = Path(path) if path is not None else ckpt.step_dir(self.out_dir, self.step)
+        if self.rank == 0:
+            tmp = final.with_name(f".{final.name}.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            ckpt.save(self.model, tmp, metadata={"vits_surgery_plan": self.plan.to_json()})
+            ckpt.save_trainer_state(self.state_dict(), tmp / ckpt.STATE_FILE)
+            ckpt.atomic_write(tmp / "plan.json", lambda f: f.write(self.plan.to_json().encode()))
+            ckpt.commit_dir(tmp, final)
+            if path is None:
+                ckpt.prune_checkpoints(self.out_dir, self.config.keep_last)
+            logger.info("step %d: checkpoint written to %s", self.step, final)
+            self._fire("on_save", self, self.step, final)
+        runtime.barrier(self.world_size)
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore model weights and trainer state from a checkpoint directory."""
+        path = Path(path)
+        tensors, _, _ = ckpt.read_native(path)
+        self.model.load_state_dict(tensors, strict=True)
+        self.load_state_dict(ckpt.load_trainer_state(path))
+        logger.info("resumed from %s at step %d", path, self.step)
+
+
+def _fmt(logs: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith(("gen/", "disc/", "lr/")))
