@@ -13,6 +13,8 @@ as in the reference measurement) and including the two transposes its layout nee
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -59,7 +61,7 @@ def candidates(log_p: torch.Tensor, mask: torch.Tensor) -> dict[str, Callable[[]
 
 
 def measure(
-    fns: dict[str, Callable[[], torch.Tensor]], repeats: int, slow: set[str]
+    fns: dict[str, Callable[[], torch.Tensor]], repeats: int, slow: set[str], clock: Callable[[], float]
 ) -> dict[str, list[float]]:
     for fn in fns.values():  # warm-up (numba compile or cache load, allocator)
         fn()
@@ -69,9 +71,9 @@ def measure(
         for name, fn in fns.items():
             if name in slow and r % 10:  # slow backends: every 10th repetition only
                 continue
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
     return times
 
 
@@ -95,11 +97,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--text", type=int, default=150)
     parser.add_argument("--mel", type=int, default=800)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "thread"),
+        default="wall",
+        help="thread: CPU time of the calling thread (needs --threads 1); insensitive to other "
+        "processes taking the CPU, for a loaded machine",
+    )
     args = parser.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures one thread only; use it with --threads 1")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     print(
         f"torch {torch.__version__}, numba {numba.__version__}, threads {args.threads}, "
-        f"B={args.batch} T_text={args.text} T_mel={args.mel}, {args.repeats} repeats"
+        f"B={args.batch} T_text={args.text} T_mel={args.mel}, {args.repeats} repeats, {args.clock} clock"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {_load()}"
     )
     for variable in (False, True):
         log_p, mask = make_case(args.batch, args.text, args.mel, variable)
@@ -108,8 +124,13 @@ def main() -> None:
         for name in ("numba (ours)", "cython (ours, wraps monotonic-align)", "torch (ours)"):
             if not torch.equal(fns[name](), expected):
                 raise SystemExit(f"{name} returned a different path than monotonic-align")
-        times = measure(fns, args.repeats, slow={"torch (ours)"})
+        times = measure(fns, args.repeats, slow={"torch (ours)"}, clock=clock)
         report("variable lengths (text 40-100%, mel 50-100%)" if variable else "full mask", times)
+    print(f"\nload average after: {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def maximum_path(log_p: torch.Tensor, mask: torch.Tensor, backend: str = "auto")
         0 elsewhere (0 on the whole masked region). No gradient flows through it.
 
     Raises:
+        TypeError: log_p or mask is not a tensor.
         ValueError: on a bad shape or backend name, or an item with fewer mel frames than
             tokens (no monotonic path exists).
         ImportError: the requested backend's package is not installed.
