@@ -38,7 +38,7 @@ from .coqui_config import (
     coqui_vocabulary,
     refuse_unsupported,
 )
-from .keymap import WN_G, WN_V, Rule, apply_rules
+from .keymap import WN_G, WN_V, Rule, apply_rules, split_weight_norm
 from .report import ConversionError, ConversionReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,10 +189,14 @@ def _read_checkpoint(path: Path, config_path: str | Path | None) -> tuple[dict, 
     return state, dict(cfg), notes
 
 
-def _discriminator_created(key: str) -> str | None:
-    if key.startswith("discriminator."):
-        return "no discriminator in the Coqui checkpoint: created fresh (train it before adversarial fine-tuning)"
-    return None
+_FRESH_DISCRIMINATOR = "no discriminator in the Coqui checkpoint: created fresh (train it before adversarial fine-tuning)"
+
+
+def _fresh_discriminator(state: Mapping[str, torch.Tensor]):
+    """``create`` callback: a discriminator is created only when the checkpoint has none at all."""
+    if any(k.startswith("discriminator.") for k in state):
+        return None  # a partial discriminator is an error like any missing key
+    return lambda key: _FRESH_DISCRIMINATOR if key.startswith("discriminator.") else None
 
 
 def load_coqui(path: str | Path, config_path: str | Path | None = None, **_: Any) -> tuple[VITS, ConversionReport]:
@@ -220,7 +224,7 @@ def load_coqui(path: str | Path, config_path: str | Path | None = None, **_: Any
     report.notes.extend(notes)
     config = config_from_coqui(cfg, state, report.notes)
     renamed = coqui_to_native(state, report, str(path), config)
-    model = build_and_load(config, renamed, report, create=_discriminator_created, source=str(path))
+    model = build_and_load(config, renamed, report, create=_fresh_discriminator(renamed), source=str(path))
     if report.created_prefixes().get("discriminator"):
         report.notes.append("generator-only checkpoint: the discriminator is freshly initialised")
     max_len = (cfg.get("model_args") or {}).get("max_inference_len")
@@ -229,16 +233,19 @@ def load_coqui(path: str | Path, config_path: str | Path | None = None, **_: Any
     return model, report
 
 
-def _generator_state(model: VITS, include_discriminator: bool) -> dict[str, torch.Tensor]:
-    """The model's state dict with weight norm as parametrizations (re-applied on a copy if folded)."""
-    from ..models.commons import restore_weight_norms
+def _export_state(model: VITS, include_discriminator: bool) -> dict[str, torch.Tensor]:
+    """The model's state dict with weight norm as parametrizations.
 
-    source = model
-    if any(getattr(m, "_vits_surgery_weight_norm", False) and not hasattr(m, "parametrizations")
-           for m in model.modules()):
-        source = copy.deepcopy(model)
-        restore_weight_norms(source)
-    state = {k: v.detach().clone().contiguous() for k, v in source.state_dict().items()}
+    Layers whose weight norm was folded (:func:`~vits_surgery.models.commons.remove_weight_norms`)
+    are split back into ``g = ||w||``, ``v = w``, as re-applying weight norm would.
+    """
+    from ..models.commons import has_weight_norm
+
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for name, module in model.named_modules():
+        if getattr(module, "_vits_surgery_weight_norm", False) and not has_weight_norm(module):
+            g, v = split_weight_norm(state.pop(f"{name}.weight"))
+            state[name + WN_G], state[name + WN_V] = g, v
     if not include_discriminator:
         state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
     return state
@@ -279,7 +286,7 @@ def export_coqui(
         raise ConversionError("include_discriminator=True but the model has no discriminator")
     base = base_config if base_config is not None else getattr(model, "coqui_config", None)
     cfg = coqui_config_dict(model.config, base, include, getattr(model, "max_inference_frames", None))
-    state = native_to_coqui(_generator_state(model, include), legacy_weight_norm)
+    state = native_to_coqui(_export_state(model, include), legacy_weight_norm)
     _add_unused_dp_cond(state, model.config)
     blob = {"config": cfg, "model": state, "optimizer": None, "scheduler": None, "scaler": None,
             "step": int(step), "epoch": int(epoch), "date": datetime.date.today().strftime("%B %d, %Y")}

@@ -48,6 +48,12 @@ COQUI_CLEANERS: dict[str | None, str | None] = {
     "transliteration_cleaners": "transliteration_cleaners",
     "phoneme_cleaners": "phoneme_cleaners",
 }
+#: Where our cleaner and Coqui's (called with ``lang=None``) are known to differ (coqui-tts 0.28).
+_CLEANER_CAVEATS = {
+    "phoneme_cleaners": "ours expands abbreviations (Mr. -> mister), Coqui's tokenizer does not; "
+                        "token ids differ on abbreviations",
+    "transliteration_cleaners": "ours transliterates to ASCII (ü -> u, — -> -), Coqui's keeps those characters",
+}
 _CLEANERS_TO_COQUI = {"coqui_english_cleaners": "english_cleaners", "english_cleaners": "english_cleaners"}
 
 _GRAPHEMES = "TTS.tts.utils.text.characters.Graphemes"
@@ -143,7 +149,9 @@ def _text_config(cfg: Mapping[str, Any], n_vocab: int, notes: list[str]) -> Text
     cleaner_name = cfg.get("text_cleaner")
     if cleaner_name in COQUI_CLEANERS:
         cleaner = COQUI_CLEANERS[cleaner_name]
-        if cleaner != cleaner_name:
+        if cleaner_name in _CLEANER_CAVEATS:
+            notes.append(f"Coqui text_cleaner {cleaner_name!r} -> {cleaner!r}: {_CLEANER_CAVEATS[cleaner_name]}")
+        elif cleaner != cleaner_name:
             notes.append(f"Coqui text_cleaner {cleaner_name!r} -> {cleaner!r} (the same text as Coqui's tokenizer)")
     else:
         cleaner = None
