@@ -147,6 +147,17 @@ def test_bare_state_dict_needs_its_config_json(tmp_path):
     assert any("config read from" in n for n in report.notes)
 
 
+def test_speaker_names_come_from_the_speakers_file(tmp_path):
+    original = _original("multispeaker_dp_rb2")
+    cfg = {**original["config"], "speakers": []}
+    cfg["model_args"] = {**cfg["model_args"], "speakers_file": "/elsewhere/run/speakers.json"}
+    torch.save({**original, "config": cfg}, tmp_path / "model.pth")
+    (tmp_path / "speakers.json").write_text(json.dumps({"bob": 1, "ann": 0, "dan": 3, "cy": 2}), encoding="utf-8")
+    model, report = load_coqui(tmp_path / "model.pth")
+    assert model.coqui_config["speakers"] == ["ann", "bob", "cy", "dan"]
+    assert "speaker ids: 0=ann, 1=bob, 2=cy, 3=dan" in report.notes
+
+
 def _save_variant(tmp_path, name: str, change_config=None, change_state=None):
     original = _original(name)
     cfg, state = copy.deepcopy(original["config"]), dict(original["model"])

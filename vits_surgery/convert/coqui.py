@@ -189,6 +189,25 @@ def _read_checkpoint(path: Path, config_path: str | Path | None) -> tuple[dict, 
     return state, dict(cfg), notes
 
 
+def _speaker_names(cfg: Mapping[str, Any], path: Path) -> tuple[list[str], Path] | None:
+    """Speaker names from Coqui's ``speakers_file`` (name -> id, JSON or torch), when the config lists none.
+
+    The file is looked up where the config says, then beside the checkpoint.
+    """
+    from . import read_json
+    from .safeload import safe_torch_load
+
+    name = (cfg.get("model_args") or {}).get("speakers_file") or cfg.get("speakers_file")
+    if not name or cfg.get("speakers"):
+        return None
+    for candidate in (Path(name), path.parent / Path(name).name):
+        if candidate.is_file():
+            data = read_json(candidate) if candidate.suffix == ".json" else safe_torch_load(candidate)
+            if isinstance(data, Mapping) and all(isinstance(v, int) for v in data.values()):
+                return [k for k, _ in sorted(data.items(), key=lambda kv: kv[1])], candidate
+    return None
+
+
 _FRESH_DISCRIMINATOR = "no discriminator in the Coqui checkpoint: created fresh (train it before adversarial fine-tuning)"
 
 
@@ -222,6 +241,10 @@ def load_coqui(path: str | Path, config_path: str | Path | None = None, **_: Any
     refuse_unsupported(cfg, state, str(path))
     report = ConversionReport("coqui", str(path))
     report.notes.extend(notes)
+    found = _speaker_names(cfg, path)
+    if found is not None:
+        cfg = {**cfg, "speakers": found[0]}
+        report.notes.append(f"speaker names read from {found[1]}")
     config = config_from_coqui(cfg, state, report.notes)
     renamed = coqui_to_native(state, report, str(path), config)
     model = build_and_load(config, renamed, report, create=_fresh_discriminator(renamed), source=str(path))
