@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -51,8 +52,9 @@ def test_baseline_and_every_n_steps_with_reproducible_audio(model: VITS, tmp_pat
     for step in (1, 2, 3):
         cb.on_step_end(trainer, step, {})
     assert _flags(model) == flags
-    dirs = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    dirs = sorted(p.name for p in (tmp_path / "samples").iterdir() if p.is_dir())
     assert dirs == ["step_0000000", "step_0000002"]
+    assert json.loads((tmp_path / "samples" / "sentences.json").read_text()) == list(SENTENCES)
     for d in dirs:
         assert sorted(p.name for p in (tmp_path / "samples" / d).iterdir()) == ["00.wav", "01.wav"]
     for i in range(len(SENTENCES)):
@@ -182,7 +184,7 @@ def test_fit_on_real_audio_writes_listening_checkpoints(tmp_path: Path, one_thre
     )
     logs = trainer.fit(max_steps=1)
     assert logs and all(math.isfinite(v) for v in logs.values())
-    steps = sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())
+    steps = sorted(p.name for p in (tmp_path / "run" / "samples").iterdir() if p.is_dir())
     assert steps == ["step_0000000", "step_0000001"]
     base, last = listen.rendered[0]["durations"][0], listen.rendered[1]["durations"][0]
     assert not torch.equal(base, last)  # the duration predictor trained: the rhythm moved
