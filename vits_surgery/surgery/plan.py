@@ -11,6 +11,10 @@ Presets::
     SurgeryPlan.timbre()    # decoder + flow + posterior_encoder: the donor's voice quality
     SurgeryPlan.accent()    # text_encoder: the donor's pronunciation
     SurgeryPlan.full()      # every generator organ (+ discriminator)
+
+LoRA: ``SurgeryPlan(lora={"duration_predictor": LoRASpec(rank=4)})`` trains only low-rank
+adapters on the duration predictor's layers; resolving the plan injects the adapters it names
+(see :mod:`vits_surgery.surgery.lora`) and puts only their factors in the parameter groups.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from ..losses import DEFAULT_WEIGHTS
+from .lora import LoRASpec, inject_lora, lora_parameters
 from .registry import (
     GENERATOR_TERMS,
     WAVEFORM_TERMS,
@@ -35,7 +40,7 @@ from .registry import (
     reachable_losses,
 )
 
-__all__ = ["SurgeryPlan", "ResolvedPlan", "StepPlan", "effective_weights"]
+__all__ = ["SurgeryPlan", "ResolvedPlan", "StepPlan", "LoRASpec", "effective_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +115,10 @@ class SurgeryPlan:
         loss_weights: overrides of the trainer's loss weights for this plan (0 = not computed).
         frozen_eval: keep frozen modules in ``eval()`` even after ``model.train()``.
         name: informational label (logged, saved with checkpoints).
+        lora: entry (organ, alias, sub-organ path or group) -> :class:`LoRASpec` (a dict or a
+            bare rank also works). Only the adapter factors of these entries train (one
+            parameter group per entry, named by the entry); the base weights under them stay
+            frozen. Resolving the plan injects missing adapters into the model.
     """
 
     train: Sequence[str] = ()
@@ -118,13 +127,15 @@ class SurgeryPlan:
     loss_weights: dict[str, float] = field(default_factory=dict)
     frozen_eval: bool = True
     name: str = "custom"
+    lora: dict[str, LoRASpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):
             self.train = (self.train,)
         self.train = tuple(self.train)
-        if not self.train and not self.train_discriminator:
-            raise ValueError("SurgeryPlan.train is empty: name at least one organ to train")
+        self.lora = {str(k): LoRASpec.from_any(v) for k, v in dict(self.lora).items()}
+        if not self.train and not self.lora and not self.train_discriminator:
+            raise ValueError("SurgeryPlan.train is empty: name at least one organ to train (or a lora entry)")
         for key, scale in self.lr_scale.items():
             if not float(scale) > 0:
                 raise ValueError(f"lr_scale[{key!r}] must be > 0, got {scale}")
@@ -161,6 +172,7 @@ class SurgeryPlan:
             "loss_weights": dict(self.loss_weights),
             "frozen_eval": self.frozen_eval,
             "name": self.name,
+            "lora": {k: v.to_dict() for k, v in self.lora.items()},
         }
 
     @classmethod
@@ -215,7 +227,10 @@ class SurgeryPlan:
         if explicit_disc and self.train_discriminator is False:
             raise ValueError("the plan trains 'discriminator' but sets train_discriminator=False")
         entries = [e for e in entries if e != "discriminator"]
-        groups = _assign_groups(registry, entries)
+        lora_groups = self._lora_groups(registry, entries)
+        adapter_ids = {id(p) for _, p in lora_parameters(registry.model)}
+        groups = _assign_groups(registry, entries, exclude=adapter_ids) if entries else {}
+        groups.update(lora_groups)
         trained_paths = [p for e in groups for p in registry.resolve(e)]
         organs = tuple(o for o in registry.organs if any(registry.organ_of(p) == o for p in trained_paths))
         disc = self._discriminator_on(registry, organs, weights, explicit_disc)
@@ -229,6 +244,29 @@ class SurgeryPlan:
                 f"plan {self.name!r} (train={list(self.train)}) resolves to zero trainable parameters"
             )
         return resolved
+
+    def _lora_groups(
+        self, registry: ComponentRegistry, entries: list[str]
+    ) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Inject the plan's adapters; entry -> the adapter factors under it."""
+        if not self.lora:
+            return {}
+        specs = {registry.canonical(k): v for k, v in self.lora.items()}
+        clash = sorted(set(specs) & set(entries))
+        if clash:
+            raise ValueError(
+                f"{', '.join(repr(c) for c in clash)} is both in train and lora: train its weights or "
+                "adapt it with LoRA, not both"
+            )
+        inject_lora(registry.model, specs, registry=registry)
+        adapters = lora_parameters(registry.model)
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for entry in specs:
+            paths = registry.resolve(entry)
+            groups[entry] = [
+                (n, p) for n, p in adapters if any(n.startswith(path + ".") for path in paths)
+            ]
+        return groups
 
     def _discriminator_on(
         self,
@@ -270,8 +308,14 @@ class SurgeryPlan:
         return scales
 
 
-def _assign_groups(registry: ComponentRegistry, entries: list[str]) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Each parameter to the most specific entry (deepest resolved path) that contains it."""
+def _assign_groups(
+    registry: ComponentRegistry, entries: list[str], exclude: set[int] | None = None
+) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Each parameter to the most specific entry (deepest resolved path) that contains it.
+
+    Parameters whose ``id`` is in ``exclude`` (LoRA factors) belong to no ``train`` entry.
+    """
+    exclude = exclude or set()
     owner: dict[int, tuple[str, int]] = {}
     named: dict[int, tuple[str, nn.Parameter]] = {}
     for entry in entries:
@@ -284,6 +328,8 @@ def _assign_groups(registry: ComponentRegistry, entries: list[str]) -> dict[str,
                 )
             depth = path.count(".") + 1
             for full, param in registry.named_parameters(path):
+                if id(param) in exclude:
+                    continue
                 found = True
                 named[id(param)] = (full, param)
                 if id(param) not in owner or depth > owner[id(param)][1]:
