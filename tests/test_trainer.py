@@ -254,3 +254,11 @@ def test_train_config_validation_and_round_trip():
         TrainConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="grad_accum"):
         TrainConfig(grad_accum=0)
+
+
+def test_a_plan_no_weighted_loss_reaches_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no loss term"):
+        SurgicalTrainer(
+            tiny_model(), SurgeryPlan.accent(loss_weights={"gen/kl": 0.0}), out_dir=tmp_path,
+            config=TrainConfig(progress=False),
+        )

@@ -113,6 +113,11 @@ class SurgicalTrainer:
         apply_resolved(model, self.resolved, frozen_eval=plan.frozen_eval)
         self.weights = self.resolved.loss_weights
         self.step_plan = StepPlan.derive(model, self.resolved)
+        if self.resolved.trained_organs and not self.step_plan.terms:
+            raise ValueError(
+                f"plan {plan.name!r} trains {', '.join(self.resolved.trained_organs)}, but no loss term with a "
+                f"non-zero weight reaches it (weights: {self.weights})"
+            )
         self.train_data = train_data
         self.stream = runtime.BatchStream(train_data or [], self.rank, self.world_size)
         self.out_dir = Path(out_dir)
@@ -351,8 +356,13 @@ class SurgicalTrainer:
     def _after_update(self, logs: dict[str, float]) -> None:
         skipped = any(k.startswith("skipped/") for k in logs)
         if self._scaler_stepped:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             self.scaler.update()
             self._scaler_stepped = False
+            if self.scaler.is_enabled() and self.scaler.get_scale() < scale and not skipped:
+                # fp16 overflow: GradScaler skipped the update and lowered its scale (normal early on)
+                logs["skipped/amp_overflow"] = 1.0
+                return
         if skipped:
             self.skipped_steps += 1
             self._consecutive_bad += 1
