@@ -360,7 +360,6 @@ def _apply_lora(model: nn.Module, patch: Patch, alpha: float, record: _Record) -
             for factor in ("lora_a", "lora_b"):
                 param = getattr(module, factor)
                 param.copy_(patch.lora[f"{name}.{factor}"].to(param.device, param.dtype))
-                param.requires_grad_(False)
         record.adapters.append(name)
     if patch.layers:
         set_lora_strength(model, alpha, list(patch.layers))
