@@ -65,3 +65,12 @@ def test_import_is_light() -> None:
     code = "import sys, vits_surgery; print('torch' in sys.modules, 'numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_every_public_name_resolves() -> None:
+    import vits_surgery
+
+    missing = [n for n in vits_surgery.__all__ if n != "__version__" and getattr(vits_surgery, n, None) is None]
+    assert missing == []
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vits_surgery.nope  # noqa: B018

@@ -32,6 +32,16 @@ _LAZY = {
     "TextAudioDataset": "vits_surgery.data:TextAudioDataset",
     "make_loader": "vits_surgery.data:make_loader",
     "ListeningCallback": "vits_surgery.surgery.listening:ListeningCallback",
+    "TrainConfig": "vits_surgery.surgery.trainer:TrainConfig",
+    "LoRASpec": "vits_surgery.surgery.lora:LoRASpec",
+    "inject_lora": "vits_surgery.surgery.lora:inject_lora",
+    "merge_lora": "vits_surgery.surgery.lora:merge_lora",
+    "Patch": "vits_surgery.surgery.patch:Patch",
+    "make_patch": "vits_surgery.surgery.patch:make_patch",
+    "apply_patch": "vits_surgery.surgery.patch:apply_patch",
+    "swap": "vits_surgery.surgery.swap:swap",
+    "blend": "vits_surgery.surgery.swap:blend",
+    "build_report": "vits_surgery.report:build_report",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -63,3 +63,14 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def progress_iter(items, desc: str = "", enabled: bool = True):  # noqa: ANN001, ANN201 - any iterable
+    """``tqdm(items)`` when tqdm is available and ``enabled``, else ``items`` unchanged."""
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        return items
+    return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
