@@ -42,6 +42,7 @@ __all__ = [
     "save",
     "load_native",
     "load_native_with_report",
+    "load_state_strict",
     "read_native",
     "save_trainer_state",
     "load_trainer_state",
@@ -105,8 +106,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- model weights
-def _model_file(path: Path) -> Path:
-    return path if path.suffix == ".safetensors" else path / MODEL_FILE
+def _model_file(path: Path, reading: bool = False) -> Path:
+    """The weights file of a native path: ``<dir>/model.safetensors`` or a ``.safetensors`` file
+    (when ``reading``, any existing file)."""
+    return path if path.suffix == ".safetensors" or (reading and path.is_file()) else path / MODEL_FILE
 
 
 def save(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
@@ -142,12 +145,17 @@ def read_native(path: str | Path) -> tuple[dict[str, torch.Tensor], VITSConfig, 
     """
     from safetensors import safe_open
 
-    file = _model_file(Path(path))
+    file = _model_file(Path(path), reading=True)
     if not file.is_file():
         raise FileNotFoundError(f"no native model file at {file}")
-    with safe_open(str(file), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({file.stat().st_size} bytes; truncated or corrupt?): {err}"
+        ) from None
     if _CONFIG_KEY not in meta:
         raise CheckpointError(f"{file} has no {_CONFIG_KEY!r} metadata: it was not written by vits_surgery.save")
     version = int(meta.get(_VERSION_KEY, "1"))
@@ -182,11 +190,34 @@ def load_native_with_report(path: Path, with_discriminator: bool | None = None, 
     if not build_disc:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("discriminator.")}
     model = VITS(config, with_discriminator=build_disc)
-    model.load_state_dict(tensors, strict=True)
+    load_state_strict(model, tensors, _model_file(Path(path), reading=True))
     model.eval()
     report = ConversionReport(source_format="native", source_path=str(path))
     report.mapped.extend((k, k, "") for k in tensors)
     return model, report
+
+
+def load_state_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """``model.load_state_dict(tensors, strict=True)`` with an error naming ``source`` and the keys.
+
+    Raises:
+        CheckpointError: missing, unexpected or misshaped keys (listed).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    misshaped = [
+        f"{k}: file {tuple(v.shape)} != model {tuple(expected[k].shape)}"
+        for k, v in tensors.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("misshaped", misshaped)):
+        if keys:
+            problems.append(f"{what}: {', '.join(keys[:10])}" + (f" ... ({len(keys)} in all)" if len(keys) > 10 else ""))
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(dict(tensors), strict=True)
 
 
 # ----------------------------------------------------------------------------- trainer state
@@ -205,7 +236,16 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
         path = path / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no trainer state at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from .convert.report import ConversionError
+    from .convert.safeload import safe_torch_load
+
+    try:
+        state = safe_torch_load(path)
+    except ConversionError as err:
+        raise CheckpointError(f"cannot read the trainer state: {err}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} is not a vits_surgery trainer state (no 'step' entry)")
+    return state
 
 
 # ----------------------------------------------------------------------------- run directories

@@ -51,14 +51,22 @@ _EXPORTERS = {"native": ("vits_surgery.checkpoint", "save"), "coqui": ("vits_sur
 
 
 def _looks_native_safetensors(path: Path) -> bool:
-    try:
-        from safetensors import safe_open
+    """True when the file carries vits_surgery metadata.
 
+    Raises:
+        ConversionError: the file is not a readable safetensors file (empty, truncated, corrupt).
+    """
+    from safetensors import safe_open
+
+    try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return "vits_surgery_config" in meta
-    except Exception:  # noqa: BLE001 - any failure means "not ours"
-        return False
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        size = path.stat().st_size
+        raise ConversionError(
+            f"{path} is not a readable safetensors file ({size} bytes; truncated or corrupt?): {err}"
+        ) from None
+    return "vits_surgery_config" in meta
 
 
 def detect_format(path: str | Path) -> str:

@@ -312,6 +312,36 @@ class VITS(nn.Module):
         w = torch.exp(logw) * enc.mask * length_scale
         return torch.ceil(w).squeeze(1)  # [B, T_x]
 
+    def _check_tokens(
+        self, tokens: torch.Tensor | list, lengths: torch.Tensor | list | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate inference inputs: ([B, T_x] long tokens, [B] long lengths), or a clear ValueError."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dim() != 2 or tokens.numel() == 0:
+            raise ValueError(f"infer() needs a non-empty [T_x] or [B, T_x] tensor of token ids, got shape {tuple(tokens.shape)}")
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise ValueError(f"infer() needs integer token ids, got dtype {tokens.dtype}")
+        tokens = tokens.long()
+        n_vocab = self.config.text_encoder.n_vocab
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= n_vocab:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"token id {bad} is outside this model's vocabulary (0..{n_vocab - 1}); was the text "
+                "tokenized with another model's symbol table?"
+            )
+        if lengths is None:
+            lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long)
+        lengths = torch.as_tensor(lengths).long().view(-1).cpu()
+        if lengths.numel() != tokens.shape[0] or int(lengths.min()) < 1 or int(lengths.max()) > tokens.shape[1]:
+            raise ValueError(
+                f"lengths {lengths.tolist()} must hold one value in 1..{tokens.shape[1]} per row of the "
+                f"{tuple(tokens.shape)} tokens"
+            )
+        return tokens, lengths
+
     def infer(
         self,
         tokens: torch.Tensor,
@@ -347,14 +377,9 @@ class VITS(nn.Module):
         noise_scale = cfg.noise_scale if noise_scale is None else noise_scale
         noise_scale_w = cfg.noise_scale_w if noise_scale_w is None else noise_scale_w
         length_scale = cfg.length_scale if length_scale is None else length_scale
-        tokens = torch.as_tensor(tokens)
-        if tokens.dim() == 1:
-            tokens = tokens.unsqueeze(0)
         device = next(self.parameters()).device
-        tokens = tokens.to(device).long()
-        if lengths is None:
-            lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=device)
-        lengths = torch.as_tensor(lengths, device=device).long().view(-1)
+        tokens, lengths = self._check_tokens(tokens, lengths)
+        tokens, lengths = tokens.to(device), lengths.to(device)
         if speaker is not None:
             speaker = torch.as_tensor(speaker, device=device).long().view(-1).expand(tokens.shape[0])
         g = self.speaker_vector(speaker)

@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -299,6 +300,9 @@ class SurgicalTrainer:
         """
         self.model.train()
         batch = batch.to(self.device)
+        if not (bool(torch.isfinite(batch.spec).all()) and bool(torch.isfinite(batch.wav).all())):
+            logger.warning("batch %s holds NaN/inf spectrogram or waveform values: its update is skipped", batch.ids)
+            self._bad = dict.fromkeys(self._bad, True)
         scale = 1.0 / self.config.grad_accum
         last = self._micro + 1 == self.config.grad_accum
         logs: dict[str, float] = {}
@@ -506,10 +510,15 @@ class SurgicalTrainer:
         final = Path(path) if path is not None else ckpt.step_dir(self.out_dir, self.step)
         if self.rank == 0:
             tmp = final.with_name(f".{final.name}.tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            ckpt.save(self.model, tmp, metadata={"vits_surgery_plan": self.plan.to_json()})
-            ckpt.save_trainer_state(self.state_dict(), tmp / ckpt.STATE_FILE)
-            ckpt.atomic_write(tmp / "plan.json", lambda f: f.write(self.plan.to_json().encode()))
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+            tmp.mkdir(parents=True)
+            try:
+                ckpt.save(self.model, tmp, metadata={"vits_surgery_plan": self.plan.to_json()})
+                ckpt.save_trainer_state(self.state_dict(), tmp / ckpt.STATE_FILE)
+                ckpt.atomic_write(tmp / "plan.json", lambda f: f.write(self.plan.to_json().encode()))
+            except BaseException:  # disk full, interrupted: the previous checkpoint stays the latest
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             ckpt.commit_dir(tmp, final)
             if path is None:
                 ckpt.prune_checkpoints(self.out_dir, self.config.keep_last)
@@ -522,10 +531,10 @@ class SurgicalTrainer:
         """Restore model weights and trainer state from a checkpoint directory."""
         path = Path(path)
         tensors, _, _ = ckpt.read_native(path)
-        self.model.load_state_dict(tensors, strict=True)
+        ckpt.load_state_strict(self.model, tensors, path / ckpt.MODEL_FILE if path.is_dir() else path)
         self.load_state_dict(ckpt.load_trainer_state(path))
         logger.info("resumed from %s at step %d", path, self.step)
 
 
 def _fmt(logs: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith(("gen/", "disc/", "lr/")))
+    return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith(("gen/", "disc/", "lr/", "grad_norm/")))

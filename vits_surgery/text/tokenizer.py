@@ -120,8 +120,7 @@ class Tokenizer:
         """
         if self.cfg.style == "piper":
             return "".join("".join(s) for s in self._piper_sentences(text))
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"cannot tokenize empty text ({text!r})")
+        _check_text(text)
         cfg = self.cfg
         text = clean(text, cfg.cleaner)
         if cfg.use_phonemes and cfg.cleaner not in PHONEMIZING_CLEANERS:
@@ -212,8 +211,7 @@ class Tokenizer:
     def _piper_sentences(self, text: str) -> list[list[str]]:
         from .phonemize import piper_phonemes
 
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"cannot tokenize empty text ({text!r})")
+        _check_text(text)
         return piper_phonemes(clean(text, self.cfg.cleaner), voice=self.cfg.phoneme_language)
 
     def _piper_ids(self, phonemes: list[str], source: str) -> list[int]:
@@ -242,3 +240,11 @@ class Tokenizer:
                 raise ValueError(f"token id {i} at position {pos} is not in the symbol table")
             out.append(self._id_to_symbol[i])
         return "".join(out)
+
+
+def _check_text(text: object) -> None:
+    """Refuse what cannot be tokenized: a non-string, or a string without visible characters."""
+    if not isinstance(text, str):
+        raise TypeError(f"the tokenizer needs a str, got {type(text).__name__} ({text!r:.80})")
+    if not text.strip():
+        raise ValueError(f"cannot tokenize empty text ({text!r})")
