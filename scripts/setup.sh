@@ -7,6 +7,8 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need_apt=""
 command -v espeak-ng >/dev/null 2>&1 || need_apt="$need_apt espeak-ng"
 command -v flite >/dev/null 2>&1 || need_apt="$need_apt flite"
+# chromium: the headless-browser test of the HTML report (tests/test_report.py)
+(command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1) || need_apt="$need_apt chromium"
 if [ -n "$need_apt" ]; then
   $SUDO apt-get update -q >/dev/null
   # shellcheck disable=SC2086
