@@ -98,6 +98,81 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regrow(args: argparse.Namespace) -> int:
+    """Regrow the organs an inference-only voice lacks, then save the voice natively."""
+    from . import save
+    from .surgery.regrow import regrow
+
+    model, report = _load(args.voice)
+    organs = tuple(args.organs) if args.organs else None
+    result = regrow(model, organs=organs, report=report, n_utterances=args.utterances)
+    print(result.summary() if hasattr(result, "summary") else result)
+    if args.out:
+        print(f"wrote native checkpoint: {save(model, args.out)}")
+    return 0
+
+
+def cmd_transplant(args: argparse.Namespace) -> int:
+    """Train a plan on a donor dataset."""
+    from .data import TextAudioDataset, make_loader
+    from .surgery.listening import ListeningCallback
+    from .surgery.plan import SurgeryPlan
+    from .surgery.runlog import RunLogger
+    from .surgery.trainer import SurgicalTrainer, TrainConfig
+
+    model, _ = _load(args.voice)
+    if args.train:
+        plan = SurgeryPlan(train=list(args.train), name="custom")
+    else:
+        plan = getattr(SurgeryPlan, args.plan)()
+    dataset = TextAudioDataset.from_folder(args.donor, model.config, formatter=args.formatter,
+                                           cache_dir=Path(args.out_dir) / "cache")
+    print(dataset.report.summary())
+    if len(dataset) == 0:
+        raise UserError(f"no usable utterances in {args.donor}: see the report above")
+    loader = make_loader(dataset, batch_size=args.batch_size, seed=args.seed)
+    callbacks: list = [RunLogger()]
+    listener = None
+    if args.sentences:
+        listener = ListeningCallback(list(args.sentences), every=args.sample_every, out_dir=args.out_dir)
+        callbacks.append(listener)
+    config = TrainConfig(lr=args.lr, seed=args.seed, sample_every=args.sample_every, save_every=args.save_every)
+    trainer = SurgicalTrainer(model, plan, loader, out_dir=args.out_dir, config=config,
+                              callbacks=callbacks, listener=listener)
+    trainer.fit(max_steps=args.steps, resume=args.resume)
+    print(f"done: {trainer.step} steps; checkpoints in {Path(args.out_dir) / 'checkpoints'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Speaking rate, F0, speaker similarity and WER of a folder of WAVs."""
+    import json
+
+    from .data import read_ljspeech
+    from .evaluate import evaluate_corpus
+
+    items = read_ljspeech(args.folder)
+    if not items:
+        raise UserError(f"no utterances listed in {Path(args.folder) / 'metadata.csv'}")
+    refs = None
+    if args.reference:
+        refs = [str(u.audio_path) for u in read_ljspeech(args.reference)]
+    result = evaluate_corpus([str(u.audio_path) for u in items], [u.text for u in items], refs)
+    text = json.dumps(result, indent=2, default=float)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report of a run folder."""
+    from .report import build_report
+
+    print(f"wrote {build_report(args.run_dir, out=args.out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """One-command cadence transplant on the built-in voice."""
     from .demo import run_demo
@@ -114,6 +189,12 @@ _EXAMPLES = {
     "synth": 'vits-surgery synth --text "Hello there." --out hello.wav\n'
     '  vits-surgery synth --voice runs/cadence/final --text "Slower now." --length-scale 1.2 --out slow.wav',
     "demo": "vits-surgery demo\n  vits-surgery demo --out-dir demo_out --quick",
+    "regrow": "vits-surgery regrow --voice joe --out joe_regrown/\n"
+    "  vits-surgery regrow --voice joe --organs posterior_encoder duration_posterior --out joe_cadence_ready/",
+    "transplant": "vits-surgery transplant --voice joe_regrown/ --plan cadence --donor donor/ --steps 2000\n"
+    "  vits-surgery transplant --voice model.pth --train decoder flow --donor donor/ --lr 1e-4 --resume",
+    "evaluate": "vits-surgery evaluate demo_out/donor --reference demo_out/donor",
+    "report": "vits-surgery report runs/cadence\n  vits-surgery report runs/cadence --out cadence.html",
 }
 
 
@@ -163,6 +244,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-scale", type=float, default=None, help=">1 speaks slower (default: the voice's)")
     p.add_argument("--speaker", type=int, default=None, help="speaker id for multi-speaker voices")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    p = _sub(subs, "regrow", cmd_regrow, "regrow the organs an inference-only voice lacks")
+    p.add_argument("--voice", default=DEFAULT_VOICE, help="voice to regrow (default: the built-in joe voice)")
+    p.add_argument("--organs", nargs="+", choices=["posterior_encoder", "duration_posterior", "discriminator"],
+                   help="organs to regrow (default: every organ the conversion created)")
+    p.add_argument("--utterances", type=int, default=120, help="self-synthesized training utterances (default 120)")
+    p.add_argument("--out", help="write the regrown voice as a native checkpoint folder")
+
+    p = _sub(subs, "transplant", cmd_transplant, "train a surgery plan on a donor dataset")
+    p.add_argument("--voice", default=DEFAULT_VOICE, help="recipient (native folder, checkpoint or 'joe')")
+    p.add_argument("--plan", choices=["cadence", "timbre", "accent", "full"], default="cadence")
+    p.add_argument("--train", nargs="+", help="organs / sub-organs to train instead of a preset plan")
+    p.add_argument("--donor", required=True, help="donor dataset folder (metadata.csv + wavs/)")
+    p.add_argument("--formatter", default="ljspeech", help="dataset layout (ljspeech, vctk, coqui, csv...)")
+    p.add_argument("--out-dir", default="runs/transplant", help="run folder (default: runs/transplant)")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate, used as given (default 2e-4)")
+    p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sample-every", type=int, default=500, help="listening checkpoint period (default 500)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint period (default 500)")
+    p.add_argument("--sentences", nargs="*", default=["The quick brown fox jumps over the lazy dog."],
+                   help="sentences synthesized at each listening checkpoint")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out-dir")
+
+    p = _sub(subs, "evaluate", cmd_evaluate, "speaking rate, F0, speaker similarity and WER of a WAV folder")
+    p.add_argument("folder", help="folder with metadata.csv and wavs/")
+    p.add_argument("--reference", help="folder of reference-speaker utterances for similarity")
+    p.add_argument("--out", help="also write the JSON here")
+
+    p = _sub(subs, "report", cmd_report, "write the HTML report of a run folder")
+    p.add_argument("run_dir", help="the trainer's out_dir")
+    p.add_argument("--out", help="output HTML (default: RUN_DIR/report.html)")
 
     p = _sub(subs, "demo", cmd_demo, "cadence transplant on the built-in voice, with report")
     p.add_argument("--out-dir", default="demo_out", help="where WAVs, plots and the report go (default: demo_out)")
