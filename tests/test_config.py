@@ -74,3 +74,10 @@ def test_every_public_name_resolves() -> None:
     assert missing == []
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         vits_surgery.nope  # noqa: B018
+
+
+def test_convert_stays_the_function_after_submodule_imports() -> None:
+    import vits_surgery
+    import vits_surgery.convert.keymap  # noqa: F401
+
+    assert callable(vits_surgery.convert) and vits_surgery.convert.__name__ == "convert"

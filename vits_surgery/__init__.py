@@ -24,7 +24,6 @@ _LAZY = {
     "load": "vits_surgery.convert:load",
     "save": "vits_surgery.checkpoint:save",
     "export": "vits_surgery.convert:export",
-    "convert": "vits_surgery.convert:convert",
     "ConversionReport": "vits_surgery.convert.report:ConversionReport",
     "regrow": "vits_surgery.surgery.regrow:regrow",
     "Tokenizer": "vits_surgery.text.tokenizer:Tokenizer",
@@ -44,7 +43,12 @@ _LAZY = {
     "build_report": "vits_surgery.report:build_report",
 }
 
-__all__ = ["__version__", *_LAZY]
+# ``convert`` is both a subpackage and a public function: bind the function eagerly (the
+# subpackage's __init__ is light), so importing ``vits_surgery.convert.*`` later cannot
+# replace it with the module.
+from .convert import convert  # noqa: E402
+
+__all__ = ["__version__", "convert", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

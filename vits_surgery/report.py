@@ -51,7 +51,10 @@ def svg_line_chart(
         return ""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    y0, y1 = min(ys), max(ys)
+    if y1 <= y0:  # a constant series: pad by a fraction of its value
+        pad = abs(y0) * 0.05 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
     left, right, top, bottom = 48, 8, 22, 24
 
     def sx(x: float) -> float:
