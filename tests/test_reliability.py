@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -635,3 +636,18 @@ def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path: Path, damage:
     with pytest.raises(ckpt.CheckpointError, match=rf"{re.escape(str(last / target))}.*{pattern}"):
         _trainer(tmp_path).fit(2, resume=True)
     assert not (tmp_path / ".lock").exists()
+
+
+def test_alignment_does_not_undo_the_torch_thread_setting() -> None:
+    """numba's OpenMP pool, started by the first MAS call, sets the OpenMP thread count that torch
+    shares; on a loaded machine the extra threads made every later op ~100x slower. Checked in a
+    fresh process, where that first call happens."""
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from vits_surgery.align import maximum_path\n"
+        "maximum_path(torch.randn(2, 5, 20), torch.ones(2, 5, 20), backend='numba')\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-1] == "1", out.stderr[-2000:]

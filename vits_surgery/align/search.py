@@ -160,9 +160,14 @@ def _maximum_path_numba(log_p: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tenso
 
     values = log_p.detach().to(device="cpu", dtype=torch.float32).contiguous()  # [B, T_text, T_mel]
     out = torch.empty(values.shape, dtype=torch.float32)  # one compiled signature only
-    n_threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    n_threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n_threads)
     maximum_path_numba(values.numpy(), t_x.numpy(), t_y.numpy(), out.numpy(), n_threads)
+    if torch.get_num_threads() != torch_threads:
+        # numba's OpenMP layer starts its pool with omp_set_num_threads(all cores), which torch
+        # shares: without this, torch.set_num_threads(1) is silently undone by the first MAS call
+        torch.set_num_threads(torch_threads)
     return out.to(device=log_p.device, dtype=log_p.dtype)
 
 
