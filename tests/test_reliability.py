@@ -252,6 +252,23 @@ def test_a_png_is_never_taken_for_a_checkpoint_by_any_loader(tmp_path: Path, fmt
         vits_surgery.load(path, format=fmt)
 
 
+@pytest.mark.parametrize("damage", ["empty", "random_bytes", "truncated"])
+def test_broken_onnx_voices_name_the_file(tmp_path: Path, damage: str) -> None:
+    pytest.importorskip("onnx", reason="the onnx package is needed to read ONNX voices")
+    from vits_surgery.convert.piper_voice import find_joe_voice
+
+    try:
+        graph, voice_json = find_joe_voice()
+    except Exception as err:  # noqa: BLE001 - any reason the optional voice is unavailable
+        pytest.skip(f"Piper joe voice not installed: {err}")
+    path = tmp_path / "voice.onnx"
+    shutil.copy(voice_json, tmp_path / "voice.onnx.json")
+    data = {"empty": b"", "random_bytes": os.urandom(4000), "truncated": Path(graph).read_bytes()[:200_000]}
+    path.write_bytes(data[damage])
+    with pytest.raises(ConversionError, match=rf"{re.escape(str(path))} is (empty|not a readable ONNX model)"):
+        vits_surgery.load(path)
+
+
 def _coqui_variant(tmp: Path, edit) -> Path:
     obj = torch.load(COQUI / "phonemes" / "model.pth", weights_only=True)
     obj["model"] = edit(dict(obj["model"]))

@@ -220,7 +220,16 @@ def _load(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
         return source
     if not os.path.isfile(source):
         raise FileNotFoundError(f"ONNX graph not found: {os.fspath(source)}")
-    return onnx.load(os.fspath(source))
+    from .report import ConversionError
+
+    if os.path.getsize(source) == 0:
+        raise ConversionError(f"{os.fspath(source)} is empty (0 bytes): not an ONNX voice")
+    try:
+        return onnx.load(os.fspath(source))
+    except Exception as err:  # noqa: BLE001 - protobuf raises its own error types
+        raise ConversionError(
+            f"{os.fspath(source)} is not a readable ONNX model (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from None
 
 
 def _scope(node_name: str) -> str:
