@@ -1,0 +1,148 @@
+"""Organ regrowth on a tiny VITS: the regrown organs learn, nothing else changes, the cache works."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vits_surgery.config import preset
+from vits_surgery.models.vits import VITS
+from vits_surgery.surgery import regrow as regrow_mod
+from vits_surgery.surgery import regrow_fit
+from vits_surgery.surgery.regrow import REGROWABLE, organs_from_report, regrow
+from vits_surgery.surgery.regrow_data import (
+    default_texts,
+    duration_recovery,
+    synthesize_utterances,
+    tokenize_texts,
+)
+from vits_surgery.surgery.regrow_fit import sdp_nll_per_token
+
+TEXTS = (
+    "the cat sat.", "a red boat.", "go home now!", "big blue sky.", "we ran far.", "hot tea, please.",
+    "my old dog.", "sing it again?", "ten green pens.", "a fox jumped.", "stop that noise.", "fresh bread.",
+    "cold wind blows.", "read the map.", "she smiled.", "pick a card.", "the bell rang.", "lift the box.",
+    "a warm day.", "count to five.", "open the door.", "the sun rose.",
+)
+STEPS = {"posterior_encoder": 200, "duration_posterior": 30, "discriminator": 5}
+LR = {"posterior_encoder": 1e-2}
+N_TRAIN, N_HELDOUT = 18, 4
+
+
+def _voice() -> VITS:
+    """A tiny random VITS shaped like a trained voice: durations of several frames per token
+    and a prior narrow enough that the alignment is informative."""
+    torch.manual_seed(0)
+    model = VITS(preset("tiny")).eval()
+    with torch.no_grad():
+        model.duration_predictor.flows[0].translation[0] = -1.5  # logw ~ 1.5: ~4-5 frames per token
+        model.text_encoder.proj.bias[model.config.inter_channels :] -= 1.0  # logs_p ~ -1
+    return model
+
+
+def _regrow(model: VITS, cache_dir, **kwargs):
+    return regrow(model, n_utterances=N_TRAIN, n_heldout=N_HELDOUT, steps=STEPS, lr=LR, batch_size=8,
+                  crop_frames=32, cache_dir=cache_dir, texts=TEXTS, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def regrown(tmp_path_factory):
+    """(voice before, voice after, report, cache dir, held-out utterances of another draw)."""
+    before = _voice()
+    cache_dir = tmp_path_factory.mktemp("regrow_cache")
+    after = copy.deepcopy(before)
+    report = _regrow(after, cache_dir)
+    tokens = tokenize_texts(before, ["the dog ran home.", "a big red sun.", "pick up the pen."])
+    heldout = synthesize_utterances(before, tokens, generator=torch.Generator().manual_seed(7), progress=False)
+    return before, after, report, cache_dir, heldout
+
+
+def test_posterior_recovers_teacher_durations(regrown) -> None:
+    before, after, report, _, heldout = regrown
+    gen = torch.Generator
+    base = duration_recovery(before, heldout, sample=False, generator=gen().manual_seed(0))
+    grown = duration_recovery(after, heldout, sample=False, generator=gen().manual_seed(0))
+    assert grown >= base + 0.15, (base, grown)
+    assert report.duration_recovery is not None and report.duration_recovery_before is not None
+    assert report.duration_recovery > report.duration_recovery_before + 0.05
+    assert report.losses["posterior_encoder"]["last"] < report.losses["posterior_encoder"]["first"]
+    assert math.log(0.1) - 0.1 < report.metrics["posterior_log_std"] < 0.5  # floor holds, no collapse
+
+
+def test_only_regrown_organs_change(regrown) -> None:
+    before, after, report, _, _ = regrown
+    paths = [p for organ in report.organs for p in REGROWABLE[organ]]
+    old, new = before.state_dict(), after.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    outside = sorted(k for k in changed if not any(k.startswith(p + ".") for p in paths))
+    assert not outside, outside
+    for path in paths:
+        assert any(k.startswith(path + ".") for k in changed), f"{path} did not change"
+    assert not after.training
+    assert all(p.requires_grad for p in after.parameters())  # flags restored as they were
+
+
+def test_sdp_nll_on_teacher_durations_falls(regrown) -> None:
+    before, after, report, _, heldout = regrown
+    with torch.no_grad():
+        nll_before = sdp_nll_per_token(before, heldout, generator=torch.Generator().manual_seed(3))
+        nll_after = sdp_nll_per_token(after, heldout, generator=torch.Generator().manual_seed(3))
+    assert nll_after < nll_before - 0.05, (float(nll_before), float(nll_after))
+    assert report.metrics["sdp_nll"] < report.metrics["sdp_nll_before"]
+
+
+def test_second_call_is_a_cache_hit(regrown, monkeypatch) -> None:
+    _, after, report, cache_dir, _ = regrown
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit must not synthesize or train")
+
+    monkeypatch.setattr(regrow_mod, "synthesize_utterances", no_training)
+    monkeypatch.setattr(regrow_mod, "FITTERS", {k: no_training for k in regrow_fit.FITTERS})
+    again = _voice()
+    hit = _regrow(again, cache_dir)
+    assert hit.cached and hit.cache_path == report.cache_path
+    assert hit.duration_recovery == report.duration_recovery
+    new, grown = again.state_dict(), after.state_dict()
+    assert all(torch.equal(new[k], grown[k]) for k in grown)
+
+
+def test_cache_key_covers_weights_and_settings(regrown, monkeypatch) -> None:
+    """Other source weights or other settings must not hit the first entry."""
+    _, _, report, cache_dir, _ = regrown
+    key = regrow_mod._fingerprint
+    model = _voice()
+    settings = dict(report.settings)
+    base = key(model, report.organs, settings)
+    assert key(model, report.organs, {**settings, "lr": {"posterior_encoder": 1.0}}) != base
+    with torch.no_grad():
+        model.decoder.conv_pre.bias.add_(1e-3)
+    assert key(model, report.organs, settings) != base
+    fresh = _voice()
+    with torch.no_grad():  # the regrown organs' own (random) weights are not part of the key
+        fresh.posterior_encoder.proj.bias.add_(1.0)
+        fresh.discriminator.nets[0].conv_post.bias.add_(1.0)
+    assert key(fresh, report.organs, settings) == base
+
+
+def test_organs_from_report_and_errors() -> None:
+    fake = SimpleNamespace(created=[("posterior_encoder.pre.weight", ""), ("duration_predictor.post_pre.bias", ""),
+                                    ("duration_predictor.flows.1.proj.bias", "")])
+    assert organs_from_report(fake) == ("posterior_encoder", "duration_posterior")
+    model = VITS(preset("tiny"), with_discriminator=False)
+    with pytest.raises(ValueError, match="cannot regrow 'decoder'"):
+        regrow(model, organs=["decoder"], use_cache=False, progress=False)
+    with pytest.raises(ValueError, match="without one"):
+        regrow(model, organs=["discriminator"], use_cache=False, progress=False)
+    with pytest.raises(ValueError, match="needs 6 texts"):
+        regrow(model, organs="enc_q", n_utterances=4, n_heldout=2, texts=["a b c."], use_cache=False)
+
+
+def test_default_texts_are_varied_and_reproducible() -> None:
+    texts = default_texts(50)
+    assert texts == default_texts(50) and len(set(texts)) >= 45
+    assert any(t.endswith("?") for t in texts) and any("," in t for t in texts)

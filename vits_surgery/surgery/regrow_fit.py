@@ -1,0 +1,271 @@
+"""Training loops of organ regrowth, one per regrowable organ (teacher forcing on synthesized data).
+
+Each ``fit_*`` function trains the parameters it is given (the caller freezes everything
+else with :func:`~vits_surgery.surgery.freeze.apply_plan`) and returns the loss per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import discriminator_loss, kl_loss
+from ..models.commons import length_mask
+from ..models.vits import VITS
+from .regrow_data import Utterance, progress_bar, speaker_vectors
+
+__all__ = [
+    "FitOptions",
+    "FITTERS",
+    "fit_posterior",
+    "fit_duration_posterior",
+    "fit_discriminator",
+    "posterior_loss",
+    "sdp_nll_per_token",
+    "segment_pool",
+    "text_hidden",
+]
+
+GRAD_CLIP = 10.0
+"""Global gradient-norm clip of every regrowth optimizer."""
+PROJ_INIT_SCALE = 0.1
+"""Scale of the posterior ``proj`` weights after the data-dependent bias initialisation."""
+INIT_UTTERANCES = 32
+"""Utterances whose statistics initialise the posterior encoder."""
+
+
+@dataclass
+class FitOptions:
+    """Settings shared by the loops.
+
+    Attributes:
+        batch_size: crops / sequences / segments per step.
+        crop_frames: spectrogram frames per posterior-encoder crop.
+        log_std_floor: hinge floor of the posterior ``logs_q``.
+        kl_weight: weight of the VITS KL term (per element, teacher alignment) added to the
+            posterior loss; 0 = the teacher-z likelihood alone.
+        segments_per_utterance: discriminator segments cut from each utterance.
+        progress: tqdm bars.
+    """
+
+    batch_size: int = 8
+    crop_frames: int = 64
+    log_std_floor: float = math.log(0.1)
+    kl_weight: float = 1.0
+    segments_per_utterance: int = 2
+    progress: bool = True
+
+
+def _run_steps(name: str, params: Sequence[torch.nn.Parameter], step_loss: Callable[[], torch.Tensor],
+               steps: int, lr: float, progress: bool) -> list[float]:
+    """``steps`` AdamW updates of ``step_loss()`` (warm-up, cosine decay to lr/10); the loss curve."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    curve: list[float] = []
+    bar = progress_bar(total=steps, desc=f"regrow: {name}", progress=progress)
+    for _ in range(steps):
+        loss = step_loss()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"regrow: the {name} loss became {loss.item()} after {len(curve)} steps")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        opt.step()
+        sched.step()
+        curve.append(loss.item())
+        bar.set_postfix(loss=f"{curve[-1]:.4f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    return curve
+
+
+def _randint(high: int, generator: torch.Generator) -> int:
+    """Uniform integer in [0, max(1, high))."""
+    return int(torch.randint(max(1, high), (1,), generator=generator))
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """[C, T_i] tensors -> [B, C, length], zero padded."""
+    return torch.stack([F.pad(t, (0, length - t.shape[-1])) for t in tensors])
+
+
+# ----------------------------------------------------------------------------- posterior encoder
+def posterior_loss(m_q: torch.Tensor, logs_q: torch.Tensor, z: torch.Tensor, mask: torch.Tensor,
+                   log_std_floor: float) -> torch.Tensor:
+    """Masked mean over frames and channels of ``-log N(z; m_q, exp(logs_q))`` plus the hinge
+    ``relu(log_std_floor - logs_q)^2``.
+
+    Args:
+        m_q, logs_q, z: [B, C, T]; mask: [B, 1, T].
+    """
+    nll = 0.5 * math.log(2 * math.pi) + logs_q + 0.5 * (z - m_q) ** 2 * torch.exp(-2.0 * logs_q)  # [B, C, T]
+    hinge = torch.relu(log_std_floor - logs_q) ** 2  # [B, C, T]
+    return ((nll + hinge) * mask).sum() / (mask.sum() * m_q.shape[1])
+
+
+@torch.no_grad()
+def _data_init_posterior(model: VITS, utts: Sequence[Utterance], log_std_floor: float) -> None:
+    """``pre`` standardizes its output on the data; ``proj`` starts at the marginal Gaussian of
+    z (per-channel mean and log-std in the bias) with small weights."""
+    pe = model.posterior_encoder
+    spec = torch.cat([u.spec for u in utts[:INIT_UTTERANCES]], dim=1).unsqueeze(0)  # [1, F, N]
+    z = torch.cat([u.z for u in utts[:INIT_UTTERANCES]], dim=1)  # [C, N]
+    h = pe.pre(spec)[0]  # [H, N]
+    std = h.std(dim=1).clamp_min(1e-5)
+    pe.pre.weight.div_(std.view(-1, 1, 1))
+    pe.pre.bias.copy_((pe.pre.bias - h.mean(dim=1)) / std)
+    c = pe.out_channels
+    pe.proj.weight.mul_(PROJ_INIT_SCALE)
+    pe.proj.bias[:c] = z.mean(dim=1)
+    pe.proj.bias[c:] = z.std(dim=1).clamp_min(math.exp(log_std_floor)).log()
+
+
+@torch.no_grad()
+def teacher_prior(model: VITS, utts: Sequence[Utterance]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The text prior expanded along the teacher durations: (m_p, logs_p) [C, T_y] per utterance."""
+    from ..models.commons import generate_path
+
+    out = []
+    for u in utts:
+        enc = model.encode_text(u.tokens.unsqueeze(0), torch.tensor([u.tokens.numel()], device=u.tokens.device))
+        y_mask = torch.ones(1, 1, u.frames, device=u.spec.device)
+        path = generate_path(u.durations.unsqueeze(0), enc.mask.transpose(1, 2) * y_mask)  # [1, T_x, T_y]
+        m_e, logs_e = model.expand_prior(path, enc.m_p, enc.logs_p)
+        out.append((m_e[0], logs_e[0]))
+    return out
+
+
+def _posterior_batch(model: VITS, utts: Sequence[Utterance], prior, opts: FitOptions, generator: torch.Generator):
+    """Random crops: spec [B, F, S], z, m_p, logs_p [B, C, S], lengths [B], g."""
+    idx = [_randint(len(utts), generator) for _ in range(opts.batch_size)]
+    crops: list[list[torch.Tensor]] = [[], [], [], []]
+    for i in idx:
+        start = _randint(utts[i].frames - opts.crop_frames + 1, generator)
+        for slot, t in zip(crops, (utts[i].spec, utts[i].z, *prior[i]), strict=True):
+            slot.append(t[:, start : start + opts.crop_frames])
+    lengths = torch.tensor([c.shape[-1] for c in crops[0]], device=crops[0][0].device)
+    width = int(lengths.max())
+    spec, z, m_p, logs_p = (_pad_stack(c, width) for c in crops)
+    return spec, z, m_p, logs_p, lengths, speaker_vectors(model, [utts[i] for i in idx])
+
+
+def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch.nn.Parameter], steps: int,
+                  lr: float, opts: FitOptions, generator: torch.Generator) -> list[float]:
+    """Fit the posterior encoder to the teacher z on random spectrogram crops: the
+    :func:`posterior_loss` plus ``kl_weight`` times the VITS KL of a posterior sample pushed
+    through the frozen flow against the prior along the teacher durations (per element)."""
+    _data_init_posterior(model, utts, opts.log_std_floor)
+    prior = teacher_prior(model, utts) if opts.kl_weight > 0 else [(u.z, u.z) for u in utts]
+
+    def step_loss() -> torch.Tensor:
+        spec, z, m_p, logs_p, lengths, g = _posterior_batch(model, utts, prior, opts, generator)
+        noise = torch.randn(z.shape, generator=generator).to(z.device) if opts.kl_weight > 0 else torch.zeros_like(z)
+        post = model.encode_audio(spec, lengths, g, noise=noise)
+        loss = posterior_loss(post.m_q, post.logs_q, z, post.mask, opts.log_std_floor)
+        if opts.kl_weight > 0:
+            z_p = model.flow(post.z, post.mask, g=g).z  # [B, C, S]
+            loss = loss + opts.kl_weight * kl_loss(z_p, post.logs_q, m_p, logs_p, post.mask) / z.shape[1]
+        return loss
+
+    return _run_steps("posterior_encoder", params, step_loss, steps, lr, opts.progress)
+
+
+# ----------------------------------------------------------------------------- SDP posterior
+def _duration_batch(model: VITS, utts: Sequence[Utterance], hidden: Sequence[torch.Tensor], idx: Sequence[int]):
+    lengths = torch.tensor([hidden[i].shape[-1] for i in idx], device=hidden[0].device)
+    t_x = int(lengths.max())
+    x = _pad_stack([hidden[i] for i in idx], t_x)  # [B, H, T_x]
+    x_mask = length_mask(lengths, t_x, x.dtype)  # [B, 1, T_x]
+    durations = _pad_stack([utts[i].durations.unsqueeze(0) for i in idx], t_x)  # [B, 1, T_x]
+    g = speaker_vectors(model, [utts[i] for i in idx])
+    return x, x_mask, durations, (g if model.config.duration_predictor.condition_on_speaker else None)
+
+
+def sdp_nll_per_token(model: VITS, utts: Sequence[Utterance], hidden: Sequence[torch.Tensor] | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """SDP negative log-likelihood of the teacher durations per token (all of ``utts`` in one batch)."""
+    if hidden is None:
+        hidden = text_hidden(model, utts)
+    x, x_mask, durations, g = _duration_batch(model, utts, hidden, range(len(utts)))
+    return _sdp_loss(model, x, x_mask, durations, g, generator)
+
+
+def _sdp_loss(model: VITS, x, x_mask, durations, g, generator) -> torch.Tensor:
+    noise = torch.randn(x.shape[0], 2, x.shape[2], generator=generator).to(x.device)  # e_q
+    nll = model.duration_predictor.nll(x, x_mask, durations, g=g, noise=noise)  # [B]
+    return nll.sum() / x_mask.sum()
+
+
+@torch.no_grad()
+def text_hidden(model: VITS, utts: Sequence[Utterance]) -> list[torch.Tensor]:
+    """Frozen text-encoder hidden states [H, T_x] per utterance."""
+    out = []
+    for u in utts:
+        lengths = torch.tensor([u.tokens.numel()], device=u.tokens.device)
+        out.append(model.encode_text(u.tokens.unsqueeze(0), lengths).hidden[0])
+    return out
+
+
+def fit_duration_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch.nn.Parameter],
+                           steps: int, lr: float, opts: FitOptions, generator: torch.Generator) -> list[float]:
+    """Train the SDP posterior flows (and ``flows.1``) by the SDP NLL of the teacher durations."""
+    hidden = text_hidden(model, utts)
+
+    def step_loss() -> torch.Tensor:
+        idx = [_randint(len(utts), generator) for _ in range(opts.batch_size)]
+        x, x_mask, durations, g = _duration_batch(model, utts, hidden, idx)
+        return _sdp_loss(model, x, x_mask, durations, g, generator)
+
+    return _run_steps("duration_posterior", params, step_loss, steps, lr, opts.progress)
+
+
+# ----------------------------------------------------------------------------- discriminator
+@torch.no_grad()
+def segment_pool(model: VITS, utts: Sequence[Utterance], opts: FitOptions,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, fake) [P, 1, S * hop]: synthesized audio segments, and the decoder on the
+    posterior's sample of z for the same frames (S = ``config.segment_size``)."""
+    size, hop = model.config.segment_size, model.hop_length
+    reals, fakes = [], []
+    for u in progress_bar(utts, desc="regrow: discriminator data", progress=opts.progress):
+        g = speaker_vectors(model, [u])
+        lengths = torch.tensor([u.frames], device=u.spec.device)
+        post = model.encode_audio(u.spec.unsqueeze(0), lengths, g, generator=generator)  # z: [1, C, T_y]
+        starts = [_randint(u.frames - size + 1, generator) for _ in range(opts.segments_per_utterance)]
+        z = _pad_stack([post.z[0, :, s : s + size] for s in starts], size)  # [K, C, S]
+        fakes.append(model.decoder(z, g=None if g is None else g.expand(len(starts), -1, -1)))
+        reals.append(_pad_stack([u.audio[s * hop : (s + size) * hop].unsqueeze(0) for s in starts], size * hop))
+    return torch.cat(reals), torch.cat(fakes)
+
+
+def fit_discriminator(model: VITS, utts: Sequence[Utterance], params: Sequence[torch.nn.Parameter], steps: int,
+                      lr: float, opts: FitOptions, generator: torch.Generator) -> list[float]:
+    """LSGAN discriminator against the frozen generator on a pool of (real, fake) segments."""
+    real, fake = segment_pool(model, utts, opts, generator)
+
+    def step_loss() -> torch.Tensor:
+        idx = torch.randint(real.shape[0], (opts.batch_size,), generator=generator)
+        out = model.discriminator(real[idx], fake[idx])
+        terms = discriminator_loss(out.real_scores, out.fake_scores)
+        return terms["disc/real"] + terms["disc/fake"]
+
+    return _run_steps("discriminator", params, step_loss, steps, lr, opts.progress)
+
+
+#: Regrowable organ -> its training loop.
+FITTERS = {
+    "posterior_encoder": fit_posterior,
+    "duration_posterior": fit_duration_posterior,
+    "discriminator": fit_discriminator,
+}
