@@ -9,6 +9,7 @@ gaps of at least ``min_pause`` seconds inside it are pauses and do not count as 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ import numpy as np
 import torch
 
 from ._audio import AudioLike, as_audio
+
+_espeak_logger = logging.getLogger(__name__ + ".espeak")
+_espeak_logger.setLevel(logging.ERROR)  # "words count mismatch" notes do not affect phone counts
 
 __all__ = [
     "RateResult",
@@ -90,7 +94,11 @@ def _phone_backend(language: str) -> Any:
         if data is not None:
             EspeakWrapper.set_data_path(data)
     return EspeakBackend(
-        language, with_stress=False, preserve_punctuation=False, language_switch="remove-flags"
+        language,
+        with_stress=False,
+        preserve_punctuation=False,
+        language_switch="remove-flags",
+        logger=_espeak_logger,
     )
 
 
