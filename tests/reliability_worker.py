@@ -11,8 +11,9 @@ with ``resume=True`` and reports on stdout, one flushed line per event::
 
 ``--hang FN:N`` stops inside the N-th call (1-based, counted from process start) of
 ``vits_surgery.checkpoint.FN``: for ``atomic_write`` after writing half of the file, for
-``commit_dir`` and ``prune_checkpoints`` before doing anything. ``--hang fit_start:1`` stops
-once the run holds its out_dir lock. Usage::
+``commit_dir`` and ``prune_checkpoints`` before doing anything. ``prune_mid:N`` stops in the
+N-th prune that has a checkpoint to delete, after deleting that checkpoint's weights file only.
+``--hang fit_start:1`` stops once the run holds its out_dir lock. Usage::
 
     python tests/reliability_worker.py OUT_DIR MAX_STEPS [--save-every 2] [--hang atomic_write:2]
 """
@@ -118,6 +119,8 @@ def _install_hang(spec: str) -> bool:
     nth_call = int(nth or 1)
     if name == "fit_start":
         return True
+    if name == "prune_mid":
+        return _install_prune_mid(nth_call)
     real = getattr(ckpt, name)
     calls = [0]
 
@@ -132,6 +135,23 @@ def _install_hang(spec: str) -> bool:
         return real(*args, **kwargs)
 
     setattr(ckpt, name, patched)
+    return False
+
+
+def _install_prune_mid(nth_call: int) -> bool:
+    real = ckpt.prune_checkpoints
+    calls = [0]
+
+    def patched(root, keep_last):
+        found = ckpt.checkpoint_dirs(root)
+        if keep_last > 0 and len(found) > keep_last:
+            calls[0] += 1
+            if calls[0] == nth_call:
+                (found[0][1] / ckpt.MODEL_FILE).unlink()  # a deletion cut short
+                _hang()
+        return real(root, keep_last)
+
+    ckpt.prune_checkpoints = patched
     return False
 
 

@@ -4,8 +4,8 @@ Each process runs ``tests/reliability_worker.py`` (``SurgicalTrainer.fit`` on th
 cadence plan, a checkpoint every ``SAVE_EVERY`` steps, ``keep_last=2``) and reports its
 steps, saves and resume point on stdout. The test kills it with SIGKILL at a random moment
 after a step, or while it is inside a save (half-way through writing the weights file or the
-trainer state, before the finished checkpoint directory is renamed into place, or before old
-checkpoints are pruned), restarts it with ``resume=True``, and checks that
+trainer state, before the finished checkpoint directory is renamed into place, or half-way
+through deleting an old checkpoint), restarts it with ``resume=True``, and checks that
 
 - every restart loads the newest committed checkpoint cleanly (stale lock and half-written
   temporary files notwithstanding) and so loses at most the steps since that checkpoint;
@@ -98,7 +98,7 @@ def test_kill_9_at_random_moments_and_inside_saves_then_resume(tmp_path: Path) -
         ("hang", "atomic_write:2"),  # first save of this run, half of trainer_state.pt written
         ("hang", "commit_dir:1"),  # checkpoint complete in its temp dir, not renamed into place
         ("hang", "atomic_write:4"),  # second save, half of model.safetensors written
-        ("hang", "prune_checkpoints:1"),  # committed, old checkpoints not yet pruned
+        ("hang", "prune_mid:1"),  # committed; killed while deleting the oldest checkpoint
         ("random", 1),
     ]
     saved = 0  # newest step a killed process reported committed
@@ -131,6 +131,9 @@ def test_kill_9_at_random_moments_and_inside_saves_then_resume(tmp_path: Path) -
     assert final.last("done") == MAX_STEPS
     assert "stale lock" in err  # the killed run's lock was taken over
     assert _tmp_litter(out) == []
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"step_{MAX_STEPS - SAVE_EVERY:08d}", f"step_{MAX_STEPS:08d}",
+    ]  # no half-deleted checkpoint left behind
     assert not (out / ".lock").exists()
     assert [s for s, _ in ckpt.checkpoint_dirs(out)] == [MAX_STEPS - SAVE_EVERY, MAX_STEPS]  # keep_last=2
 

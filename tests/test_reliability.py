@@ -668,3 +668,18 @@ def test_alignment_does_not_undo_the_torch_thread_setting() -> None:
     env = dict(os.environ, NUMBA_NUM_THREADS="2", PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[-1] == "1", out.stderr[-2000:]
+
+
+def test_prune_removes_a_half_deleted_checkpoint(tmp_path: Path) -> None:
+    for step, files in ((1, 2), (2, 1), (3, 2), (4, 2), (5, 1)):  # 2 and 5 are incomplete
+        d = ckpt.step_dir(tmp_path, step)
+        d.mkdir(parents=True)
+        (d / ckpt.STATE_FILE).write_bytes(b"x")
+        if files == 2:
+            (d / ckpt.MODEL_FILE).write_bytes(b"x")
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"  # incomplete ones are never resumed from
+    removed = sorted(p.name for p in ckpt.prune_checkpoints(tmp_path, keep_last=2))
+    assert removed == ["step_00000001", "step_00000002"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_00000003", "step_00000004", "step_00000005",  # newer than the newest: left alone
+    ]

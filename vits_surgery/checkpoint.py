@@ -289,11 +289,22 @@ def commit_dir(tmp: Path, final: Path) -> Path:
 
 
 def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints (0 keeps all). Returns the deleted."""
+    """Delete all but the newest ``keep_last`` checkpoints (0 keeps all). Returns the deleted.
+
+    Incomplete ``step_*`` directories older than the newest checkpoint (a deletion cut short
+    by a crash) are deleted too.
+    """
     if keep_last <= 0:
         return []
     found = checkpoint_dirs(root)
     doomed = [p for _, p in found[: max(0, len(found) - keep_last)]]
+    if found:
+        complete = {p for _, p in found}
+        parent = found[-1][1].parent
+        for child in parent.iterdir():
+            m = _STEP_DIR.match(child.name)
+            if m and child.is_dir() and child not in complete and int(m.group(1)) < found[-1][0]:
+                doomed.append(child)
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
