@@ -31,6 +31,20 @@ def joe():
     return voice, model, report, session
 
 
+def _onnx(session, ids: list[int], length_scale: float = 1.0) -> np.ndarray:
+    """onnxruntime's waveform for ``ids`` with no noise (scales [0, length_scale, 0])."""
+    x = np.array([ids], dtype=np.int64)
+    feeds = {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64),
+             "scales": np.array([0, length_scale, 0], np.float32)}
+    return session.run(None, feeds)[0].reshape(-1)
+
+
+def _ours(model, ids: list[int], length_scale: float = 1.0) -> np.ndarray:
+    with torch.inference_mode():
+        out = model.infer(torch.tensor([ids]), noise_scale=0.0, noise_scale_w=0.0, length_scale=length_scale)
+    return out.audio.reshape(-1).numpy()
+
+
 def _ids(voice: PiperVoiceConfig, phonemes: str) -> list[int]:
     pm = voice.phoneme_id_map
     ids = [*pm["^"], *pm["_"]]
@@ -51,14 +65,7 @@ def test_report_lists_created_training_organs(joe) -> None:
 def test_waveform_matches_onnxruntime(joe, phonemes: str) -> None:
     voice, model, _, session = joe
     ids = _ids(voice, phonemes)
-    x = np.array([ids], dtype=np.int64)
-    ref = session.run(
-        None,
-        {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64), "scales": np.array([0, 1, 0], np.float32)},
-    )[0].reshape(-1)
-    with torch.inference_mode():
-        out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0, length_scale=1.0)
-    ours = out.audio.reshape(-1).numpy()
+    ref, ours = _onnx(session, ids), _ours(model, ids)
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() <= 1e-3
     assert np.abs(ref).max() > 0.05  # real speech, not silence
@@ -67,15 +74,9 @@ def test_waveform_matches_onnxruntime(joe, phonemes: str) -> None:
 def test_length_scale_matches_onnxruntime(joe) -> None:
     voice, model, _, session = joe
     ids = _ids(voice, SENTENCES[0])
-    x = np.array([ids], dtype=np.int64)
-    ref = session.run(
-        None,
-        {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64), "scales": np.array([0, 1.35, 0], np.float32)},
-    )[0].reshape(-1)
-    with torch.inference_mode():
-        out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0, length_scale=1.35)
-    assert out.audio.numel() == ref.size
-    assert np.abs(out.audio.reshape(-1).numpy() - ref).max() <= 1e-3
+    ref, ours = _onnx(session, ids, 1.35), _ours(model, ids, 1.35)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 1e-3
 
 
 def test_text_through_our_tokenizer_matches_onnxruntime(joe) -> None:
@@ -84,12 +85,6 @@ def test_text_through_our_tokenizer_matches_onnxruntime(joe) -> None:
 
     _, model, _, session = joe
     ids = Tokenizer.from_config(model.config.text).encode("Surgery on a voice: keep the timbre, change the rhythm.")
-    x = np.array([ids], dtype=np.int64)
-    ref = session.run(
-        None,
-        {"input": x, "input_lengths": np.array([len(ids)], dtype=np.int64), "scales": np.array([0, 1, 0], np.float32)},
-    )[0].reshape(-1)
-    with torch.inference_mode():
-        out = model.infer(torch.from_numpy(x), noise_scale=0.0, noise_scale_w=0.0)
-    assert out.audio.numel() == ref.size and ref.size > 22050  # over a second of speech
-    assert np.abs(out.audio.reshape(-1).numpy() - ref).max() <= 1e-3
+    ref, ours = _onnx(session, ids), _ours(model, ids)
+    assert ours.shape == ref.shape and ref.size > 22050  # over a second of speech
+    assert np.abs(ours - ref).max() <= 1e-3
