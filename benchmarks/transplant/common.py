@@ -118,8 +118,8 @@ def joe_synthesize(model, tokenizer, text: str, seed: int, length_scale: float =
     with torch.no_grad():
         out = model.infer(torch.tensor(ids), generator=gen, length_scale=length_scale)
     n = int(out.audio_lengths[0])
-    audio = out.audio[0, 0, :n].float().numpy()
-    return audio, ids, out.durations[0].long().tolist()
+    audio = out.audio[0, 0, :n].float().cpu().numpy()
+    return audio, ids, out.durations[0].long().cpu().tolist()
 
 
 def flite_synthesize(voice: str, text: str, stretch: float, f0_mean: float | None = None) -> np.ndarray:
