@@ -11,6 +11,7 @@ Presets::
     SurgeryPlan.timbre()    # decoder + flow + posterior_encoder: the donor's voice quality
     SurgeryPlan.accent()    # text_encoder: the donor's pronunciation
     SurgeryPlan.full()      # every generator organ (+ discriminator)
+    SurgeryPlan.auto(model, donor_batches)   # the organs the donor pulls on hardest (Auto-RGN)
 
 LoRA: ``SurgeryPlan(lora={"duration_predictor": LoRASpec(rank=4)})`` trains only low-rank
 adapters on the duration predictor's layers; resolving the plan injects the adapters it names
@@ -161,6 +162,39 @@ class SurgeryPlan:
     def full(cls, **kwargs: Any) -> SurgeryPlan:
         """Every generator organ, one parameter group each (the discriminator: auto, so on)."""
         return cls(train=("generator",), name="full", **kwargs)
+
+    @classmethod
+    def auto(
+        cls,
+        model: nn.Module,
+        donor_data: Any,
+        top_k: int | None = 1,
+        threshold: float | None = None,
+        per_tensor_lr: bool = False,
+        n_batches: int = 4,
+        **kwargs: Any,
+    ) -> SurgeryPlan:
+        """The organs the donor's data pulls on hardest (Auto-RGN, Lee et al., ICLR 2023).
+
+        Ranks organs by relative gradient norm ``||grad|| / ||param||`` of the full training
+        loss on ``n_batches`` donor batches and trains the ``top_k`` whose normalised RGN is
+        at least ``threshold``; ``per_tensor_lr`` gives every tensor a learning-rate scale
+        proportional to its RGN. The model is left unchanged. See
+        :func:`vits_surgery.surgery.auto.auto_plan` for the other keyword arguments
+        (``scale_lr``, ``level``, ``loss_weights``, ``config``, ``registry``, ``seed``...).
+        """
+        from .auto import auto_plan
+
+        return auto_plan(
+            model,
+            donor_data,
+            top_k=top_k,
+            threshold=threshold,
+            per_tensor_lr=per_tensor_lr,
+            n_batches=n_batches,
+            plan_cls=cls,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
