@@ -130,6 +130,8 @@ class SurgicalTrainer:
             self.callbacks.append(ProgressBar())
         self.step = 0
         self.max_steps: int | None = None
+        #: why the last ``fit`` ended before ``max_steps`` (see :meth:`request_stop`), else None
+        self.stop_reason: str | None = None
         self.skipped_steps = 0
         self._consecutive_bad = 0
         self._micro = 0
@@ -407,12 +409,15 @@ class SurgicalTrainer:
             save_every: overrides ``config.save_every``.
             resume: True = the latest checkpoint in ``out_dir`` (if any), or a checkpoint path.
 
+        Training ends early after a step during which :meth:`request_stop` was called.
+
         Returns:
             The logs of the last step.
         """
         if self.train_data is None:
             raise ValueError("fit() needs train_data (pass it to SurgicalTrainer)")
         self.max_steps = max_steps
+        self.stop_reason = None
         sample_every = self.config.sample_every if sample_every is None else sample_every
         save_every = self.config.save_every if save_every is None else save_every
         lock = ckpt.OutDirLock(self.out_dir).acquire() if self.rank == 0 else None
@@ -426,7 +431,7 @@ class SurgicalTrainer:
             if sample_every and self.step == 0:
                 self._listen()
             batches = iter(self.stream)
-            while self.step < max_steps:
+            while self.step < max_steps and self.stop_reason is None:
                 t0, before = time.perf_counter(), self.step
                 logs = self.training_step(next(batches))
                 if self.step == before:
@@ -439,6 +444,8 @@ class SurgicalTrainer:
                     self._listen()
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
+            if self.stop_reason is not None:
+                logger.warning("stopped at step %d of %d: %s", self.step, max_steps, self.stop_reason)
             if not save_every or self.step % save_every != 0:
                 self.save_checkpoint()
         finally:
@@ -446,6 +453,19 @@ class SurgicalTrainer:
             if lock is not None:
                 lock.release()
         return logs
+
+    def request_stop(self, reason: str) -> None:
+        """End ``fit`` after the current step (its logging, sampling and checkpoint run as usual).
+
+        ``fit`` then saves its final checkpoint and returns; :attr:`stop_reason` keeps the
+        first reason given (it is reset when ``fit`` starts). Callbacks call this to stop early.
+        Under ``torch.distributed`` call it on every rank (callbacks run on rank 0 only).
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("request_stop() needs a non-empty reason string saying why training stops")
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.info("step %d: stop requested: %s", self.step, reason)
 
     def _fire(self, hook: str, *args: Any) -> None:
         if self.rank == 0:
