@@ -41,6 +41,9 @@ _LAZY = {
     "swap": "vits_surgery.surgery.swap:swap",
     "blend": "vits_surgery.surgery.swap:blend",
     "build_report": "vits_surgery.report:build_report",
+    "relative_gradient_norms": "vits_surgery.surgery.auto:relative_gradient_norms",
+    "RGNReport": "vits_surgery.surgery.auto:RGNReport",
+    "RejectionMonitor": "vits_surgery.surgery.monitor:RejectionMonitor",
 }
 
 # ``convert`` is both a subpackage and a public function: bind the function eagerly (the

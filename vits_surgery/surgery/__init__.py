@@ -25,6 +25,10 @@ _LAZY = {
     "CallbackList": "callbacks",
     "ProgressBar": "progress",
     "BatchStream": "runtime",
+    "relative_gradient_norms": "auto",
+    "plan_from_rgn": "auto",
+    "RGNReport": "auto",
+    "RejectionMonitor": "monitor",
 }
 
 __all__ = sorted(_LAZY)
