@@ -24,6 +24,7 @@ _LAZY = {
     "load": "vits_surgery.convert:load",
     "save": "vits_surgery.checkpoint:save",
     "export": "vits_surgery.convert:export",
+    "export_onnx": "vits_surgery.convert.onnx_export:export_onnx",
     "ConversionReport": "vits_surgery.convert.report:ConversionReport",
     "regrow": "vits_surgery.surgery.regrow:regrow",
     "Tokenizer": "vits_surgery.text.tokenizer:Tokenizer",

@@ -61,13 +61,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Convert any supported format to native or Coqui."""
+    """Convert any supported format to native, Coqui or a Piper ONNX voice."""
     from . import export
 
+    if args.phoneme_type and args.to != "piper-onnx":
+        raise UserError("--phoneme-type only applies to --to piper-onnx")
     model, report = _load(args.src)
-    out = export(model, args.dst, format=args.to)
+    options = {"phoneme_type": args.phoneme_type} if args.to == "piper-onnx" else {}
+    out = export(model, args.dst, format=args.to, **options)
     print(report.summary())
-    print(f"wrote {args.to} checkpoint: {out}")
+    if args.to == "piper-onnx":
+        print(f"wrote Piper voice: {out} and {out}.json")
+    else:
+        print(f"wrote {args.to} checkpoint: {out}")
     return 0
 
 
@@ -185,7 +191,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 _EXAMPLES = {
     "inspect": "vits-surgery inspect joe\n  vits-surgery inspect runs/coqui/best_model.pth --config",
-    "convert": "vits-surgery convert joe joe_native/\n  vits-surgery convert G_100000.pth out.pth --to coqui",
+    "convert": "vits-surgery convert joe joe_native/\n  vits-surgery convert G_100000.pth out.pth --to coqui\n"
+    "  vits-surgery convert runs/cadence/final joe_slow.onnx --to piper-onnx",
     "synth": 'vits-surgery synth --text "Hello there." --out hello.wav\n'
     '  vits-surgery synth --voice runs/cadence/final --text "Slower now." --length-scale 1.2 --out slow.wav',
     "demo": "vits-surgery demo\n  vits-surgery demo --out-dir demo_out --quick",
@@ -230,10 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="checkpoint file/folder, or 'joe'")
     p.add_argument("--config", action="store_true", help="also print the model config JSON")
 
-    p = _sub(subs, "convert", cmd_convert, "convert a voice to the native or Coqui format")
+    p = _sub(subs, "convert", cmd_convert, "convert a voice to the native or Coqui format, or a Piper voice")
     p.add_argument("src", help="any supported checkpoint, or 'joe'")
-    p.add_argument("dst", help="output path")
-    p.add_argument("--to", choices=["native", "coqui"], default="native", help="output format (default: native)")
+    p.add_argument("dst", help="output path (for piper-onnx: the .onnx file; its .onnx.json goes beside it)")
+    p.add_argument(
+        "--to",
+        choices=["native", "coqui", "piper-onnx"],
+        default="native",
+        help="output format (default: native)",
+    )
+    p.add_argument(
+        "--phoneme-type",
+        choices=["espeak", "text"],
+        default=None,
+        help="piper-onnx only: Piper's text front end (default: espeak for phoneme models; "
+        "character models need 'text')",
+    )
 
     p = _sub(subs, "synth", cmd_synth, "synthesize text to a WAV file")
     p.add_argument("--voice", default=DEFAULT_VOICE, help="checkpoint file/folder (default: the built-in joe voice)")

@@ -47,7 +47,11 @@ _LOADERS = {
     "hf": "load_hf",
 }
 
-_EXPORTERS = {"native": ("vits_surgery.checkpoint", "save"), "coqui": ("vits_surgery.convert.coqui", "export_coqui")}
+_EXPORTERS = {
+    "native": ("vits_surgery.checkpoint", "save"),
+    "coqui": ("vits_surgery.convert.coqui", "export_coqui"),
+    "piper-onnx": ("vits_surgery.convert.onnx_export", "export_onnx"),
+}
 
 
 def _looks_native_safetensors(path: Path) -> bool:
@@ -154,7 +158,7 @@ def load(
 
 
 def export(model: VITS, path: str | Path, format: str = "native", **kwargs: Any) -> Path:  # noqa: A002
-    """Write ``model`` in ``format`` ("native" or "coqui")."""
+    """Write ``model`` in ``format`` ("native", "coqui" or "piper-onnx"); ``kwargs`` go to its exporter."""
     if format not in _EXPORTERS:
         raise ConversionError(f"cannot export to {format!r}; choose one of {', '.join(_EXPORTERS)}")
     module_name, fn = _EXPORTERS[format]

@@ -93,6 +93,36 @@ def _find_voice_json(path: Path) -> Path:
     raise ConversionError(f"{path}: a Piper voice needs its JSON config beside it ({path.name}.json)")
 
 
+def _exported_config(voice_json: Path, voice: PiperVoiceConfig) -> VITSConfig | None:
+    """The model config a voice written by :func:`vits_surgery.export_onnx` carries, or None.
+
+    The architecture and (for non-Piper text front ends) the tokenizer come from that config;
+    the inference scales and a Piper phoneme map come from the voice, which a user may edit.
+    """
+    from . import read_json
+
+    section = read_json(voice_json).get("vits_surgery")
+    if not isinstance(section, dict) or "config" not in section:
+        return None
+    try:
+        config = VITSConfig.from_dict(section["config"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConversionError(
+            f"{voice_json}: 'vits_surgery.config' is not a valid model config ({err})"
+        ) from None
+    if (config.text_encoder.n_vocab, config.audio.sample_rate) != (voice.num_symbols, voice.sample_rate):
+        raise ConversionError(
+            f"{voice_json}: 'vits_surgery.config' disagrees with the voice (num_symbols {voice.num_symbols}, "
+            f"sample_rate {voice.sample_rate}); remove the 'vits_surgery' section or restore the values"
+        )
+    config = config.replace(
+        noise_scale=voice.noise_scale, noise_scale_w=voice.noise_w, length_scale=voice.length_scale
+    )
+    if config.text.style == "piper":
+        config = dataclasses.replace(config, text=_voice_text_config(voice))
+    return config
+
+
 def load_piper_onnx(path: Path, config_path: str | Path | None = None):
     """Import a Piper ONNX voice.
 
@@ -113,8 +143,9 @@ def load_piper_onnx(path: Path, config_path: str | Path | None = None):
         path = found[0]
     if path.name.endswith(".onnx.json"):
         path = path.with_name(path.name[: -len(".json")])
-    voice = PiperVoiceConfig.from_json(Path(config_path) if config_path else _find_voice_json(path))
-    config = config_from_piper_voice(voice)
+    voice_json = Path(config_path) if config_path else _find_voice_json(path)
+    voice = PiperVoiceConfig.from_json(voice_json)
+    config = _exported_config(voice_json, voice) or config_from_piper_voice(voice)
     rec = recover_onnx_weights(path)
     report = ConversionReport("piper-onnx", str(path))
     state = vits_to_native(rec.state_dict, None, report, str(path))

