@@ -18,6 +18,7 @@ _LAZY = {
     "preset": "vits_surgery.config:preset",
     "PRESETS": "vits_surgery.config:PRESETS",
     "VITS": "vits_surgery.models.vits:VITS",
+    "optimize_for_inference": "vits_surgery.models.inference:optimize_for_inference",
     "ComponentRegistry": "vits_surgery.surgery.registry:ComponentRegistry",
     "SurgeryPlan": "vits_surgery.surgery.plan:SurgeryPlan",
     "SurgicalTrainer": "vits_surgery.surgery.trainer:SurgicalTrainer",
