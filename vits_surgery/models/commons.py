@@ -168,7 +168,8 @@ def rand_slice_segments(
         (segments [B, C, S], starts [B] long)
     """
     max_start = (lengths.to(x.device) - segment_size + 1).clamp(min=1)  # [B]
-    u = torch.rand(lengths.shape[0], generator=generator, device="cpu").to(x.device)
+    draw_on = generator.device if generator is not None else x.device  # a CUDA generator draws on CUDA
+    u = torch.rand(lengths.shape[0], generator=generator, device=draw_on).to(x.device)
     starts = (u * max_start.to(u.dtype)).long()  # [B]
     return slice_segments(x, starts, segment_size), starts
 

@@ -394,7 +394,8 @@ class VITS(nn.Module):
         attn_mask = enc.mask.transpose(1, 2) * y_mask  # [B, T_x, T_y]
         path = generate_path(w_ceil, attn_mask)  # [B, T_x, T_y]
         m_e, logs_e = self.expand_prior(path, enc.m_p, enc.logs_p)
-        eps = torch.randn(m_e.shape, generator=generator, device="cpu", dtype=m_e.dtype).to(device)
+        draw_on = generator.device if generator is not None else "cpu"  # the generator's own device
+        eps = torch.randn(m_e.shape, generator=generator, device=draw_on, dtype=m_e.dtype).to(device)
         z_p = m_e + eps * torch.exp(logs_e) * noise_scale
         z = self.flow(z_p, y_mask, g=g, reverse=True).z * y_mask
         max_frames = self.max_inference_frames if max_frames is None else max_frames
