@@ -146,3 +146,49 @@ def test_default_texts_are_varied_and_reproducible() -> None:
     texts = default_texts(50)
     assert texts == default_texts(50) and len(set(texts)) >= 45
     assert any(t.endswith("?") for t in texts) and any("," in t for t in texts)
+
+
+def test_alignment_loss_is_the_teacher_token_cross_entropy() -> None:
+    """alignment_loss: -log softmax over the utterance's tokens of the per-channel prior
+    log-likelihood, at the teacher token, masked mean; padding tokens never win."""
+    torch.manual_seed(0)
+    c, t_x, s = 3, 4, 5
+    z_p = torch.randn(2, c, s)
+    m_p, logs_p = torch.randn(2, c, t_x), 0.1 * torch.randn(2, c, t_x)
+    token = torch.tensor([[0, 0, 1, 2, 3], [0, 1, 1, 2, 2]])
+    token_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # the second item has 3 tokens
+    mask = torch.tensor([[[1, 1, 1, 1, 1]], [[1, 1, 1, 1, 0]]], dtype=torch.float32)
+    batch = SimpleNamespace(m_p=m_p, logs_p=logs_p, token=token, token_mask=token_mask)
+    got = regrow_fit.alignment_loss(z_p, batch, mask)
+    total, n = 0.0, 0
+    for b in range(2):
+        for j in range(s):
+            if mask[b, 0, j] == 0:
+                continue
+            logits = []
+            for i in range(t_x):
+                if token_mask[b, i] == 0:
+                    continue
+                var = torch.exp(2 * logs_p[b, :, i])
+                ll = -0.5 * math.log(2 * math.pi) - logs_p[b, :, i] - 0.5 * (z_p[b, :, j] - m_p[b, :, i]) ** 2 / var
+                logits.append(ll.sum() / c)
+            logits = torch.stack(logits)
+            total += float(-(logits[token[b, j]] - torch.logsumexp(logits, 0)))
+            n += 1
+    assert float(got) == pytest.approx(total / n, rel=1e-5)
+
+
+def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
+    calls = []
+    real = regrow_fit.alignment_loss
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regrow_fit, "alignment_loss", spy)
+    model = _voice()
+    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
+                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, align_weight=0.5)
+    assert len(calls) == 3 and report.steps["posterior_encoder"] == 3
+    assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])

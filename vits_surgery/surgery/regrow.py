@@ -28,13 +28,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,8 @@ class RegrowReport:
             the first / last tenth of the steps).
         curves: organ -> loss per step.
         seconds: wall time of "synthesis", each organ and "evaluation".
+        cpu_seconds: CPU time of the process (all threads) for the same parts; on a shared
+            machine this is the steadier measure.
         wall_time: total seconds of the call (the cache lookup only, on a hit).
         duration_recovery: fraction of held-out phonemes whose MAS duration (regrown
             posterior) is within one frame of the teacher's; None if not measured.
@@ -120,6 +123,7 @@ class RegrowReport:
     losses: dict[str, dict[str, float]] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
     wall_time: float = 0.0
     duration_recovery: float | None = None
     duration_recovery_before: float | None = None
@@ -321,19 +325,18 @@ def _train_organs(model: VITS, organs, steps, lrs, train, opts: FitOptions, gene
     for organ in organs:
         if steps[organ] <= 0:
             continue
-        start = time.perf_counter()
         is_disc = organ == "discriminator"
         plan = SurgeryPlan(train=REGROWABLE[organ], train_discriminator=is_disc, name=f"regrow:{organ}")
-        params = [p for group in apply_plan(model, plan).values() for p in group]
-        model.train()
-        curve = FITTERS[organ](model, train, params, steps[organ], lrs[organ], opts, generator)
-        model.eval()
+        with _timed(result, organ):
+            params = [p for group in apply_plan(model, plan).values() for p in group]
+            model.train()
+            curve = FITTERS[organ](model, train, params, steps[organ], lrs[organ], opts, generator)
+            model.eval()
         tenth = max(1, len(curve) // 10)
         result.curves[organ] = curve
         result.losses[organ] = {"first": sum(curve[:tenth]) / tenth, "last": sum(curve[-tenth:]) / tenth,
                                 "min": min(curve), "max": max(curve)}
         result.steps[organ] = len(curve)
-        result.seconds[organ] = time.perf_counter() - start
         logger.info("regrow: %s: %d steps in %.1f s, loss %.4f -> %.4f", organ, len(curve),
                     result.seconds[organ], result.losses[organ]["first"], result.losses[organ]["last"])
 
@@ -357,6 +360,7 @@ def regrow(
     noise_scale: float = 0.667,
     noise_scale_w: float = 0.8,
     use_cache: bool = True,
+    align_weight: float = 0.0,
 ) -> RegrowReport:
     """Re-create and train the organs an inference-only voice lacks; everything else frozen.
 
@@ -380,6 +384,8 @@ def regrow(
         log_std_floor: hinge floor of the posterior ``logs_q``.
         noise_scale, noise_scale_w: synthesis noise.
         use_cache: look up and store the result in the cache.
+        align_weight: weight of the alignment loss added to the posterior encoder's loss
+            (:func:`~vits_surgery.surgery.regrow_fit.alignment_loss`).
 
     Returns:
         :class:`RegrowReport` (losses, times, duration recovery on held-out utterances).
@@ -391,7 +397,8 @@ def regrow(
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     n_heldout = max(2, round(HELDOUT_FRACTION * n_utterances)) if n_heldout is None else n_heldout
     all_texts = _texts(texts, n_utterances, n_heldout)
-    opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor, progress=progress)
+    opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
+                      align_weight=align_weight, progress=progress)
     noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}
     settings = _settings(model, organs, steps_map, lr_map, n_utterances, all_texts, generator,
                          {**asdict(opts), **noise, "progress": None})
@@ -419,15 +426,22 @@ def regrow(
     return result
 
 
+@contextlib.contextmanager
+def _timed(result: RegrowReport, name: str) -> Iterator[None]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    result.seconds[name] = time.perf_counter() - wall
+    result.cpu_seconds[name] = time.process_time() - cpu
+
+
 def _regrow_uncached(model: VITS, organs, steps, lrs, texts, n_train: int, opts: FitOptions, noise, generator):
     result = RegrowReport(organs=tuple(organs))
     model.eval()
-    t0 = time.perf_counter()
-    tokens = tokenize_texts(model, texts)
-    utts = synthesize_utterances(model, tokens, generator=generator, progress=opts.progress, **noise)
+    with _timed(result, "synthesis"):
+        tokens = tokenize_texts(model, texts)
+        utts = synthesize_utterances(model, tokens, generator=generator, progress=opts.progress, **noise)
     train, heldout = utts[:n_train], utts[n_train:]
     result.n_utterances, result.n_heldout = len(train), len(heldout)
-    result.seconds["synthesis"] = time.perf_counter() - t0
     if "posterior_encoder" in organs and heldout:
         result.duration_recovery_before = duration_recovery(model, heldout, generator=generator)
     if "duration_posterior" in organs and heldout:
@@ -435,12 +449,11 @@ def _regrow_uncached(model: VITS, organs, steps, lrs, texts, n_train: int, opts:
             result.metrics["sdp_nll_before"] = float(sdp_nll_per_token(model, heldout, generator=generator))
     _reinit(model, organs, int(torch.randint(2**62, (1,), generator=generator)))
     _train_organs(model, organs, steps, lrs, train, opts, generator, result)
-    t0 = time.perf_counter()
-    if heldout:
-        result.metrics.update(heldout_metrics(model, heldout, generator=generator))
-        result.duration_recovery = result.metrics["recovery"]
-        if "duration_posterior" in organs:
-            with torch.no_grad():
-                result.metrics["sdp_nll"] = float(sdp_nll_per_token(model, heldout, generator=generator))
-    result.seconds["evaluation"] = time.perf_counter() - t0
+    with _timed(result, "evaluation"):
+        if heldout:
+            result.metrics.update(heldout_metrics(model, heldout, generator=generator))
+            result.duration_recovery = result.metrics["recovery"]
+            if "duration_posterior" in organs:
+                with torch.no_grad():
+                    result.metrics["sdp_nll"] = float(sdp_nll_per_token(model, heldout, generator=generator))
     return result

@@ -48,6 +48,7 @@ class FitOptions:
         log_std_floor: hinge floor of the posterior ``logs_q``.
         kl_weight: weight of the VITS KL term (per element, teacher alignment) added to the
             posterior loss; 0 = the teacher-z likelihood alone.
+        align_weight: weight of the :func:`alignment_loss` added to the posterior loss.
         segments_per_utterance: discriminator segments cut from each utterance.
         progress: tqdm bars.
     """
@@ -56,6 +57,7 @@ class FitOptions:
     crop_frames: int = 64
     log_std_floor: float = math.log(0.1)
     kl_weight: float = 1.0
+    align_weight: float = 0.0
     segments_per_utterance: int = 2
     progress: bool = True
 
@@ -131,9 +133,26 @@ def _data_init_posterior(model: VITS, utts: Sequence[Utterance], log_std_floor: 
     pe.proj.bias[c:] = z.std(dim=1).clamp_min(math.exp(log_std_floor)).log()
 
 
+@dataclass
+class TeacherPrior:
+    """The text prior of one utterance and its teacher alignment.
+
+    Attributes:
+        m_p, logs_p: [C, T_x] per token.
+        m_e, logs_e: [C, T_y] expanded along the teacher durations.
+        token: [T_y] token index of each frame.
+    """
+
+    m_p: torch.Tensor
+    logs_p: torch.Tensor
+    m_e: torch.Tensor
+    logs_e: torch.Tensor
+    token: torch.Tensor
+
+
 @torch.no_grad()
-def teacher_prior(model: VITS, utts: Sequence[Utterance]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The text prior expanded along the teacher durations: (m_p, logs_p) [C, T_y] per utterance."""
+def teacher_prior(model: VITS, utts: Sequence[Utterance]) -> list[TeacherPrior]:
+    """The frozen text prior of each utterance, expanded along its teacher durations."""
     from ..models.commons import generate_path
 
     out = []
@@ -141,41 +160,80 @@ def teacher_prior(model: VITS, utts: Sequence[Utterance]) -> list[tuple[torch.Te
         enc = model.encode_text(u.tokens.unsqueeze(0), torch.tensor([u.tokens.numel()], device=u.tokens.device))
         y_mask = torch.ones(1, 1, u.frames, device=u.spec.device)
         path = generate_path(u.durations.unsqueeze(0), enc.mask.transpose(1, 2) * y_mask)  # [1, T_x, T_y]
-        m_e, logs_e = model.expand_prior(path, enc.m_p, enc.logs_p)
-        out.append((m_e[0], logs_e[0]))
+        m_e, logs_e = model.expand_prior(path, enc.m_p, enc.logs_p)  # [1, C, T_y]
+        out.append(TeacherPrior(enc.m_p[0], enc.logs_p[0], m_e[0], logs_e[0], path[0].argmax(dim=0)))
     return out
 
 
-def _posterior_batch(model: VITS, utts: Sequence[Utterance], prior, opts: FitOptions, generator: torch.Generator):
-    """Random crops: spec [B, F, S], z, m_p, logs_p [B, C, S], lengths [B], g."""
+@dataclass
+class _PosteriorBatch:
+    spec: torch.Tensor  # [B, F, S]
+    z: torch.Tensor  # [B, C, S] teacher latent
+    m_e: torch.Tensor  # [B, C, S] prior along the teacher path
+    logs_e: torch.Tensor  # [B, C, S]
+    token: torch.Tensor  # [B, S] token index of each frame
+    m_p: torch.Tensor  # [B, C, T_x] prior per token (padded)
+    logs_p: torch.Tensor  # [B, C, T_x]
+    token_mask: torch.Tensor  # [B, T_x]
+    lengths: torch.Tensor  # [B]
+    g: torch.Tensor | None
+
+
+def _posterior_batch(model: VITS, utts: Sequence[Utterance], prior: Sequence[TeacherPrior], opts: FitOptions,
+                     generator: torch.Generator) -> _PosteriorBatch:
     idx = [_randint(len(utts), generator) for _ in range(opts.batch_size)]
-    crops: list[list[torch.Tensor]] = [[], [], [], []]
+    crops: list[list[torch.Tensor]] = [[], [], [], [], []]
     for i in idx:
         start = _randint(utts[i].frames - opts.crop_frames + 1, generator)
-        for slot, t in zip(crops, (utts[i].spec, utts[i].z, *prior[i]), strict=True):
+        p = prior[i]
+        for slot, t in zip(crops, (utts[i].spec, utts[i].z, p.m_e, p.logs_e, p.token.unsqueeze(0)), strict=True):
             slot.append(t[:, start : start + opts.crop_frames])
     lengths = torch.tensor([c.shape[-1] for c in crops[0]], device=crops[0][0].device)
     width = int(lengths.max())
-    spec, z, m_p, logs_p = (_pad_stack(c, width) for c in crops)
-    return spec, z, m_p, logs_p, lengths, speaker_vectors(model, [utts[i] for i in idx])
+    spec, z, m_e, logs_e, token = (_pad_stack(c, width) for c in crops)
+    t_x = max(prior[i].m_p.shape[-1] for i in idx)
+    token_lengths = torch.tensor([prior[i].m_p.shape[-1] for i in idx], device=lengths.device)
+    return _PosteriorBatch(
+        spec, z, m_e, logs_e, token[:, 0], _pad_stack([prior[i].m_p for i in idx], t_x),
+        _pad_stack([prior[i].logs_p for i in idx], t_x), length_mask(token_lengths, t_x)[:, 0],
+        lengths, speaker_vectors(model, [utts[i] for i in idx]),
+    )
+
+
+def alignment_loss(z_p: torch.Tensor, batch: _PosteriorBatch, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each frame's teacher token among the utterance's tokens, with the
+    prior log-likelihood of ``z_p`` per channel as logits (what MAS compares), masked mean.
+
+    Args:
+        z_p: [B, C, S] flow output of the posterior sample; mask: [B, 1, S].
+    """
+    log_p = VITS.prior_log_likelihood(z_p, batch.m_p, batch.logs_p) / z_p.shape[1]  # [B, T_x, S]
+    log_p = log_p.masked_fill(batch.token_mask.unsqueeze(-1) == 0, float("-inf"))
+    ce = F.cross_entropy(log_p, batch.token.long(), reduction="none")  # [B, S]
+    return (ce * mask[:, 0]).sum() / mask.sum()
 
 
 def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch.nn.Parameter], steps: int,
                   lr: float, opts: FitOptions, generator: torch.Generator) -> list[float]:
-    """Fit the posterior encoder to the teacher z on random spectrogram crops: the
-    :func:`posterior_loss` plus ``kl_weight`` times the VITS KL of a posterior sample pushed
-    through the frozen flow against the prior along the teacher durations (per element)."""
+    """Fit the posterior encoder on random spectrogram crops: the :func:`posterior_loss` of the
+    teacher z, plus ``kl_weight`` times the VITS KL (per element) of a posterior sample pushed
+    through the frozen flow against the prior along the teacher durations, plus
+    ``align_weight`` times the :func:`alignment_loss` of that sample."""
     _data_init_posterior(model, utts, opts.log_std_floor)
-    prior = teacher_prior(model, utts) if opts.kl_weight > 0 else [(u.z, u.z) for u in utts]
+    prior = teacher_prior(model, utts)
+    sampled = opts.kl_weight > 0 or opts.align_weight > 0
 
     def step_loss() -> torch.Tensor:
-        spec, z, m_p, logs_p, lengths, g = _posterior_batch(model, utts, prior, opts, generator)
-        noise = torch.randn(z.shape, generator=generator).to(z.device) if opts.kl_weight > 0 else torch.zeros_like(z)
-        post = model.encode_audio(spec, lengths, g, noise=noise)
-        loss = posterior_loss(post.m_q, post.logs_q, z, post.mask, opts.log_std_floor)
-        if opts.kl_weight > 0:
-            z_p = model.flow(post.z, post.mask, g=g).z  # [B, C, S]
-            loss = loss + opts.kl_weight * kl_loss(z_p, post.logs_q, m_p, logs_p, post.mask) / z.shape[1]
+        b = _posterior_batch(model, utts, prior, opts, generator)
+        noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
+        post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
+        loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
+        if sampled:
+            z_p = model.flow(post.z, post.mask, g=b.g).z  # [B, C, S]
+            if opts.kl_weight > 0:
+                loss = loss + opts.kl_weight * kl_loss(z_p, post.logs_q, b.m_e, b.logs_e, post.mask) / b.z.shape[1]
+            if opts.align_weight > 0:
+                loss = loss + opts.align_weight * alignment_loss(z_p, b, post.mask)
         return loss
 
     return _run_steps("posterior_encoder", params, step_loss, steps, lr, opts.progress)
