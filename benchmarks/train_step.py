@@ -78,8 +78,11 @@ def _trainer(plan_name: str, preset_name: str, device: str = "cpu", amp: str | N
         "timbre": SurgeryPlan.timbre,
         "accent": SurgeryPlan.accent,
         # the timbre organs on mel + KL alone: no discriminator, no adversarial terms
-        "timbre-mel": lambda: SurgeryPlan.timbre(
-            train_discriminator=False, loss_weights={"gen/adv": 0.0, "gen/fm": 0.0}, name="timbre-mel"
+        "timbre-mel": lambda: SurgeryPlan(
+            train=SurgeryPlan.timbre().train,
+            train_discriminator=False,
+            loss_weights={"gen/adv": 0.0, "gen/fm": 0.0},
+            name="timbre-mel",
         ),
     }
     torch.manual_seed(0)

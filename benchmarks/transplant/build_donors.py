@@ -5,8 +5,8 @@ Usage:
         [--n-train 400] [--n-test 20] [--n-ref 20] [--n-calib 60] [--jobs 2]
         [--flite-voice slt] [--speakers R,D_cad,D_tim,D]
 
-Speakers (sentences from /work/shared/data/ljspeech_sentences.txt, one seeded split shared by
-all, so every speaker reads the same ids):
+Speakers (sentences of 30-100 characters from the shared LJSpeech sentence list, one seeded
+split shared by all, so every speaker reads the same ids):
 
 - ``R``: the Piper joe voice at its own pace (test, ref and calibration sentences only: the
   recipient's training data is the voice itself).
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-ref", type=int, default=20)
     ap.add_argument("--n-calib", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--min-chars", type=int, default=30, help="shortest sentence used (characters)")
+    ap.add_argument("--max-chars", type=int, default=100, help="longest sentence used (about 5 s of joe)")
     ap.add_argument("--flite-voice", default="slt")
     ap.add_argument("--speakers", default="R,D_tim,D,D_cad")
     ap.add_argument("--jobs", type=int, default=2)
@@ -188,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
 
     sentences = read_sentences(args.sentences)
     sizes = {"train": args.n_train, "test": args.n_test, "ref": args.n_ref, "calib": args.n_calib}
-    splits = split_sentences(len(sentences), sizes, args.seed)
+    candidates = [i for i, s in enumerate(sentences) if args.min_chars <= len(s) <= args.max_chars]
+    splits = {
+        name: [candidates[k] for k in idx]
+        for name, idx in split_sentences(len(candidates), sizes, args.seed).items()
+    }
     pairs = {name: [(i, sentences[i]) for i in idx] for name, idx in splits.items()}
     out = args.out
     calib_path = out / "calibration.json"
@@ -197,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         splits={k: [utt_id(i) for i in v] for k, v in splits.items()},
         seed=args.seed,
         sentences=str(args.sentences),
+        sentence_chars=[args.min_chars, args.max_chars],
     )
 
     # R: joe at its own pace on the held-out and calibration sentences

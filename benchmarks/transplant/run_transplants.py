@@ -54,12 +54,34 @@ def regrown_joe(root: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- data
+class TableTokenizer:
+    """Token ids looked up in a ``{text: ids}`` table (``pack_gpu.py``), for machines without a
+    phonemizer; the model's own tokenizer settings key the feature cache."""
+
+    def __init__(self, table: dict[str, list[int]], model: Any) -> None:
+        from vits_surgery.text import Tokenizer
+
+        base = Tokenizer.from_config(model.config)
+        self.table, self.cfg, self.on_unknown = table, base.cfg, base.on_unknown
+
+    def encode(self, text: str) -> list[int]:
+        if text not in self.table:
+            raise ValueError(f"no token ids for {text!r} in tokens.json")
+        return list(self.table[text])
+
+
 def donor_loader(root: Path, donor: str, model: Any, batch_size: int, seed: int):
     """Length-bucketed loader over ``<root>/<donor>/train`` (features cached under ``<root>/cache``)."""
     from vits_surgery.data import TextAudioDataset, make_loader, read_ljspeech
 
     items = read_ljspeech(root / donor / "train")
-    data = TextAudioDataset(items, model.config, cache_dir=root / "cache" / donor, max_seconds=30.0)
+    table = root / donor / "train" / "tokens.json"
+    tokenizer = (
+        TableTokenizer(json.loads(table.read_text(encoding="utf-8")), model) if table.is_file() else None
+    )
+    data = TextAudioDataset(
+        items, model.config, tokenizer=tokenizer, cache_dir=root / "cache" / donor, max_seconds=30.0
+    )
     logger.info("%s: %s", donor, data.report)
     return make_loader(data, batch_size=batch_size, seed=seed)
 
@@ -252,6 +274,9 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
     run_dir = (args.runs_dir or root / "runs") / f"{plan_name}_{donor}{args.tag}"
     trainer, probe = make_trainer(root, plan_name, donor, lr, run_dir, args)
     t0, stopped = time.time(), None
+    warmup = {}
+    if plan_name == "timbre" and args.disc_warmup > 0 and trainer.resolved.train_discriminator:
+        warmup = warm_up_discriminator(trainer, args.disc_warmup, run_dir / "disc_warmup", args)
     try:
         logs = trainer.fit(max_steps=steps)
     except OutOfTime as exc:
@@ -273,6 +298,7 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
         "wall_seconds": wall,
         "seconds_per_step": wall / max(1, trainer.step),
         "stopped_early": stopped,
+        "disc_warmup": warmup,
         "trainable_parameters": trainer.resolved.num_trainable(),
         "last_logs": logs,
         "probe": probe.history if probe else [],
@@ -284,6 +310,44 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
         export_trained(trainer.model, plan_name, args.export / run_dir.name, result)
     logger.info("%s on %s: %d steps in %.0f s", plan_name, donor, trainer.step, wall)
     return result
+
+
+def warm_up_discriminator(trainer: Any, steps: int, out_dir: Path, args: argparse.Namespace) -> dict:
+    """Train only the discriminator of ``trainer.model`` for ``steps`` steps on the same donor data.
+
+    For a recipient that travelled without its discriminator: the fresh one first learns to
+    tell the donor's speech from the frozen recipient's reconstructions, so the decoder's first
+    adversarial gradients are not noise. Returns steps, wall time and the last losses.
+    """
+    from vits_surgery import SurgeryPlan, SurgicalTrainer
+    from vits_surgery.surgery.train_config import TrainConfig
+
+    plan = SurgeryPlan(train=(), train_discriminator=True, name="discriminator warm-up")
+    config = TrainConfig(
+        lr=args.timbre_lr,
+        seed=args.seed,
+        device=args.device,
+        save_every=0,
+        keep_last=1,
+        log_every=args.log_every,
+        progress=False,
+        amp=args.amp,
+    )
+    warm = SurgicalTrainer(trainer.model, plan, train_data=trainer.train_data, out_dir=out_dir, config=config)
+    t0 = time.time()
+    logs = warm.fit(max_steps=steps)
+    from vits_surgery.surgery.freeze import apply_resolved
+
+    apply_resolved(
+        trainer.model, trainer.resolved, frozen_eval=trainer.plan.frozen_eval
+    )  # the main plan again
+    info = {
+        "steps": warm.step,
+        "seconds": time.time() - t0,
+        "last_logs": {k: v for k, v in logs.items() if k.startswith("disc/")},
+    }
+    logger.info("discriminator warm-up: %s", info)
+    return info
 
 
 # ----------------------------------------------------------------------------- GPU hand-over
@@ -344,6 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timbre-lr", type=float, default=2e-4)
     ap.add_argument("--timbre-organs", default=None, help="comma-separated organs (default: the preset's)")
     ap.add_argument("--no-discriminator", action="store_true", help="timbre with mel + KL only")
+    ap.add_argument(
+        "--disc-warmup",
+        type=int,
+        default=0,
+        help="timbre: first train the discriminator alone for this many steps",
+    )
     ap.add_argument("--tag", default="", help="suffix of the run folder names")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument(
