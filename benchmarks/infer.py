@@ -132,9 +132,15 @@ class Candidate:
         return {"wall": wall, "cpu": cpu, "samples": samples}
 
 
-def run_interleaved(cands: list[Candidate], n_items: int, warmup: int, repeats: int) -> None:
+def run_interleaved(
+    cands: list[Candidate], n_items: int, warmup: int, repeats: int, pause: float = 0.1
+) -> None:
+    """Round-robin over the candidates. ``pause`` seconds between two candidates let the idle
+    worker threads of the previous runtime (OpenMP's and onnxruntime's spin-wait for a while)
+    go to sleep before the next one starts."""
     for rep in range(warmup + repeats):
         for cand in cands:
+            time.sleep(pause)
             run = cand.run_once(n_items)
             if rep >= warmup:
                 cand.runs.append(run)
