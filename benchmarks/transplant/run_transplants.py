@@ -276,7 +276,7 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
     t0, stopped = time.time(), None
     warmup = {}
     if plan_name == "timbre" and args.disc_warmup > 0 and trainer.resolved.train_discriminator:
-        warmup = warm_up_discriminator(trainer, args.disc_warmup, run_dir / "disc_warmup", args)
+        warmup = warm_up_discriminator(trainer, args.disc_warmup, run_dir / "disc_warmup")
     try:
         logs = trainer.fit(max_steps=steps)
     except OutOfTime as exc:
@@ -312,28 +312,20 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
     return result
 
 
-def warm_up_discriminator(trainer: Any, steps: int, out_dir: Path, args: argparse.Namespace) -> dict:
-    """Train only the discriminator of ``trainer.model`` for ``steps`` steps on the same donor data.
+def warm_up_discriminator(trainer: Any, steps: int, out_dir: Path) -> dict:
+    """Train only the discriminator of ``trainer.model`` for ``steps`` steps on the same donor data
+    and with the same training settings.
 
     For a recipient that travelled without its discriminator: the fresh one first learns to
     tell the donor's speech from the frozen recipient's reconstructions, so the decoder's first
     adversarial gradients are not noise. Returns steps, wall time and the last losses.
     """
     from vits_surgery import SurgeryPlan, SurgicalTrainer
-    from vits_surgery.surgery.train_config import TrainConfig
 
     plan = SurgeryPlan(train=(), train_discriminator=True, name="discriminator warm-up")
-    config = TrainConfig(
-        lr=args.timbre_lr,
-        seed=args.seed,
-        device=args.device,
-        save_every=0,
-        keep_last=1,
-        log_every=args.log_every,
-        progress=False,
-        amp=args.amp,
+    warm = SurgicalTrainer(
+        trainer.model, plan, train_data=trainer.train_data, out_dir=out_dir, config=trainer.config
     )
-    warm = SurgicalTrainer(trainer.model, plan, train_data=trainer.train_data, out_dir=out_dir, config=config)
     t0 = time.time()
     logs = warm.fit(max_steps=steps)
     from vits_surgery.surgery.freeze import apply_resolved
