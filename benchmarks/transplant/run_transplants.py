@@ -232,14 +232,16 @@ def make_plan(plan_name: str, args: argparse.Namespace) -> Any:
     return SurgeryPlan(**kwargs)
 
 
-def make_trainer(root: Path, plan_name: str, donor: str, lr: float, run_dir: Path, args: argparse.Namespace):
+def make_trainer(
+    root: Path, plan_name: str, donor: str, lr: float, steps: int, run_dir: Path, args: argparse.Namespace
+):
     """(trainer, probe) for one run on a fresh copy of the regrown recipient."""
     import vits_surgery
     from vits_surgery import SurgicalTrainer
     from vits_surgery.surgery.train_config import TrainConfig
     from vits_surgery.text import Tokenizer
 
-    model = vits_surgery.load(regrown_joe(root))
+    model = vits_surgery.load(args.recipient or regrown_joe(root))
     plan = make_plan(plan_name, args)
     if plan.train_discriminator is not False and plan_name == "timbre":
         model = with_discriminator(model)
@@ -252,6 +254,7 @@ def make_trainer(root: Path, plan_name: str, donor: str, lr: float, run_dir: Pat
         probe = VoiceProbe(root, donor, args.probe_every)
     config = TrainConfig(
         lr=lr,
+        lr_decay=args.lr_end ** (1.0 / max(1, steps)),
         seed=args.seed,
         device=args.device,
         save_every=0,
@@ -272,7 +275,7 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
     import vits_surgery
 
     run_dir = (args.runs_dir or root / "runs") / f"{plan_name}_{donor}{args.tag}"
-    trainer, probe = make_trainer(root, plan_name, donor, lr, run_dir, args)
+    trainer, probe = make_trainer(root, plan_name, donor, lr, steps, run_dir, args)
     t0, stopped = time.time(), None
     warmup = {}
     if plan_name == "timbre" and args.disc_warmup > 0 and trainer.resolved.train_discriminator:
@@ -291,6 +294,7 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
         "plan_detail": json.loads(trainer.plan.to_json()),
         "steps": trainer.step,
         "lr": lr,
+        "lr_end": lr * args.lr_end,
         "batch_size": args.batch_size,
         "device": args.device,
         "threads": torch.get_num_threads(),
@@ -406,6 +410,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="timbre: first train the discriminator alone for this many steps",
     )
+    ap.add_argument(
+        "--lr-end",
+        type=float,
+        default=1.0,
+        help="decay each run's lr exponentially to this fraction of it by its last step (1 = constant)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the run folder names")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument(
@@ -427,6 +437,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--import-exported", type=Path, default=None, help="rebuild runs from an --export folder and exit"
     )
+    ap.add_argument(
+        "--recipient",
+        type=Path,
+        default=None,
+        help="a saved voice to use instead of <data>/models/joe_regrown",
+    )
     ap.add_argument("--regrow-only", action="store_true", help="only make <data>/models/joe_regrown")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -435,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
         for run_dir in import_exported(args.data, args.import_exported):
             logger.info("imported %s", run_dir)
         return
-    regrown_joe(args.data)
+    if args.recipient is None:
+        regrown_joe(args.data)
     if args.regrow_only:
         return
     for spec in args.runs.split(","):
