@@ -51,6 +51,9 @@ from vits_surgery.config import preset
 from vits_surgery.models.vits import VITS
 from vits_surgery.text.tokenizer import Tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 DEFAULT_SENTENCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ljspeech_sentences.txt"
 COQUI_SENTENCE = "The quick brown fox jumps over the lazy sleeping dog."
 
@@ -88,16 +91,8 @@ print(json.dumps({"runs": runs, "sample_rate": model.config.audio.sample_rate, "
 
 # ----------------------------------------------------------------------------- machine
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

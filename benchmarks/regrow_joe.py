@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import random
 import tempfile
 import time
@@ -183,16 +182,12 @@ def _argv() -> list[str]:
 
 def _machine(threads: int) -> str:
     import os
+    import sys
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
 
 
 if __name__ == "__main__":
