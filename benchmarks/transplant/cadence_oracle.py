@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import vits_surgery
     from vits_surgery.models.commons import length_mask
+    from vits_surgery.surgery.train_config import TrainConfig
     from vits_surgery.text import Tokenizer
 
     model = vits_surgery.load(args.recipient).eval()
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     params = list(dp.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.01)
+    cfg = TrainConfig()  # the optimizer settings a SurgicalTrainer run uses
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     gamma = args.lr_end ** (1.0 / max(1, args.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: gamma**step)
     rng = random.Random(args.seed)

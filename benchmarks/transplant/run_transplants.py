@@ -372,8 +372,9 @@ def export_trained(model: Any, plan_name: str, prefix: Path, result: dict) -> li
     return paths
 
 
-def import_exported(root: Path, folder: Path) -> list[Path]:
-    """Rebuild ``<root>/runs/<name>/final`` from files :func:`export_trained` wrote (cast to fp32)."""
+def import_exported(root: Path, folder: Path, recipient: Path | None = None) -> list[Path]:
+    """Rebuild ``<root>/runs/<name>/final`` from files :func:`export_trained` wrote (cast to fp32)
+    onto ``recipient`` (default: the regrown joe voice)."""
     from safetensors.torch import load_file
 
     import vits_surgery
@@ -382,7 +383,7 @@ def import_exported(root: Path, folder: Path) -> list[Path]:
     for res_path in sorted(folder.glob("*.result.json")):
         name = res_path.name[: -len(".result.json")]
         result = json.loads(res_path.read_text())
-        model = vits_surgery.load(regrown_joe(root))
+        model = vits_surgery.load(recipient or regrown_joe(root))
         for organ in INFERENCE_ORGANS[result["plan"]]:
             tensors = load_file(str(folder / f"{name}.{organ}.safetensors"))
             getattr(model, organ).load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     if args.import_exported is not None:
-        for run_dir in import_exported(args.data, args.import_exported):
+        for run_dir in import_exported(args.data, args.import_exported, args.recipient):
             logger.info("imported %s", run_dir)
         return
     if args.recipient is None:
