@@ -155,9 +155,20 @@ def fold_weight_norm_pairs(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch._weight_norm(v, g, 0)  # the kernel torch's weight-norm parametrization uses
 
 
-def split_weight_norm(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain weight -> (g, v) such that folding gives the weight back (g = ||w||, v = w)."""
-    dims = tuple(range(1, weight.dim()))
+def split_weight_norm(weight: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write a folded weight as weight-norm ``(g, v)`` with ``g·v/‖v‖ == weight``.
+
+    Uses ``v = weight`` and ``g = ‖weight‖`` over every dimension except ``dim`` (0 for
+    Conv1d, 0 for ConvTranspose1d's ``[in, out, k]`` weight as torch's weight norm uses).
+
+    Args:
+        weight: effective weight, e.g. ``[out, in, k]``.
+        dim: the dimension weight norm keeps.
+
+    Returns:
+        ``(g, v)``: ``g`` has size 1 in every dimension but ``dim``; ``v`` is ``weight``.
+    """
+    dims = [d for d in range(weight.dim()) if d != dim % weight.dim()]
     g = torch.linalg.vector_norm(weight, dim=dims, keepdim=True)
     return g, weight.clone()
 

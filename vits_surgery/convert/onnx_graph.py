@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .keymap import split_weight_norm
+
 if TYPE_CHECKING:
     import onnx
 
@@ -132,24 +134,6 @@ class OnnxRecovery:
         for c in self.constants:
             lines.append(f"constant {c.name!r} {c.dtype}{list(c.shape)}: non-weight, {c.explanation}")
         return lines
-
-
-def split_weight_norm(weight: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write a folded weight as weight-norm ``(g, v)`` with ``g·v/‖v‖ == weight``.
-
-    Uses ``v = weight`` and ``g = ‖weight‖`` over every dimension except ``dim`` (0 for
-    Conv1d, 0 for ConvTranspose1d's ``[in, out, k]`` weight as torch's weight norm uses).
-
-    Args:
-        weight: effective weight, e.g. ``[out, in, k]``.
-        dim: the dimension weight norm keeps.
-
-    Returns:
-        ``(g, v)``: ``g`` has size 1 in every dimension but ``dim``; ``v`` is ``weight``.
-    """
-    dims = [d for d in range(weight.dim()) if d != dim % weight.dim()]
-    g = torch.linalg.vector_norm(weight, dim=dims, keepdim=True)
-    return g, weight.clone()
 
 
 def onnx_to_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
