@@ -141,6 +141,16 @@ def test_warmup_and_decay(small, tmp_path):
     assert seen == pytest.approx(expected)
 
 
+def test_decay_to_reaches_the_fraction(small, tmp_path):
+    trainer = _trainer(SurgeryPlan.cadence(), tmp_path, lr=1e-3, lr_decay=TrainConfig.decay_to(0.25, 4))
+    for _ in range(4):
+        trainer.training_step(small)
+    assert trainer.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(0.25e-3)
+    for bad in ((0.0, 4), (1.5, 4), (0.5, 0)):
+        with pytest.raises(ValueError, match="decay_to"):
+            TrainConfig.decay_to(*bad)
+
+
 class _NaNTrainer(SurgicalTrainer):
     """Generator losses turn NaN on chosen calls of ``generator_losses`` (counted from 0)."""
 

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         p.requires_grad_(True)
     cfg = TrainConfig()  # the optimizer settings a SurgicalTrainer run uses
     opt = torch.optim.AdamW(params, lr=args.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    gamma = args.lr_end ** (1.0 / max(1, args.steps))
+    gamma = TrainConfig.decay_to(args.lr_end, max(1, args.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: gamma**step)
     rng = random.Random(args.seed)
     history = [{"step": 0, "phones_per_second": probe.rate(model, tokenizer)}]

@@ -254,7 +254,7 @@ def make_trainer(
         probe = VoiceProbe(root, donor, args.probe_every)
     config = TrainConfig(
         lr=lr,
-        lr_decay=args.lr_end ** (1.0 / max(1, steps)),
+        lr_decay=TrainConfig.decay_to(args.lr_end, max(1, steps)),
         seed=args.seed,
         device=args.device,
         save_every=0,

@@ -66,6 +66,20 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
 
+    @staticmethod
+    def decay_to(fraction: float, steps: int) -> float:
+        """The per-step ``lr_decay`` that brings the learning rate to ``fraction`` of itself
+        after ``steps`` steps, e.g. ``TrainConfig(lr=1e-3, lr_decay=TrainConfig.decay_to(0.1, 400))``.
+
+        Raises:
+            ValueError: ``fraction`` not in (0, 1] or ``steps`` < 1.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"decay_to: the fraction must be in (0, 1], got {fraction}")
+        if steps < 1:
+            raise ValueError(f"decay_to: steps must be >= 1, got {steps}")
+        return fraction ** (1.0 / steps)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
