@@ -192,3 +192,20 @@ def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
                     crop_frames=16, texts=TEXTS, progress=False, use_cache=False, align_weight=0.5)
     assert len(calls) == 3 and report.steps["posterior_encoder"] == 3
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
+
+
+@pytest.mark.parametrize("kl_weight, expected_calls", [(0.0, 0), (0.5, 3)])
+def test_kl_weight_reaches_the_posterior_fit(monkeypatch, kl_weight, expected_calls) -> None:
+    calls = []
+    real = regrow_fit.kl_loss
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regrow_fit, "kl_loss", spy)
+    model = _voice()
+    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
+                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, kl_weight=kl_weight)
+    assert len(calls) == expected_calls and report.steps["posterior_encoder"] == 3
+    assert report.settings["kl_weight"] == kl_weight

@@ -56,7 +56,7 @@ class FitOptions:
     batch_size: int = 8
     crop_frames: int = 64
     log_std_floor: float = math.log(0.1)
-    kl_weight: float = 1.0
+    kl_weight: float = 0.0
     align_weight: float = 0.0
     segments_per_utterance: int = 2
     progress: bool = True
