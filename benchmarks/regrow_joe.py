@@ -126,6 +126,8 @@ def main() -> None:
     p.add_argument("--lr-posterior", type=float, default=None)
     p.add_argument("--align-weight", type=float, default=0.0)
     p.add_argument("--kl-weight", type=float, default=0.0)
+    p.add_argument("--prior-weight", type=float, default=0.0)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--texts", type=Path, default=SENTENCES)
     p.add_argument("--min-chars", type=int, default=50)
@@ -156,7 +158,7 @@ def main() -> None:
             model, organs=organs, n_utterances=args.n_utterances, n_heldout=args.n_heldout, steps=steps,
             batch_size=args.batch_size, lr=lr, crop_frames=args.crop_frames, texts=texts[:n_text],
             cache_dir=args.cache_dir or tmp, progress=args.progress, align_weight=args.align_weight,
-            kl_weight=args.kl_weight,
+            kl_weight=args.kl_weight, prior_weight=args.prior_weight, precision=args.precision,
         )
     logger.info("%s", result.summary())
     if args.save is not None:

@@ -209,3 +209,76 @@ def test_kl_weight_reaches_the_posterior_fit(monkeypatch, kl_weight, expected_ca
                     crop_frames=16, texts=TEXTS, progress=False, use_cache=False, kl_weight=kl_weight)
     assert len(calls) == expected_calls and report.steps["posterior_encoder"] == 3
     assert report.settings["kl_weight"] == kl_weight
+
+
+def test_bf16_autocast_runs_the_module_in_bfloat16_and_hands_back_float32() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 9)
+    seen = []
+    probe = conv.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
+    with regrow_fit.bf16_autocast(conv, torch.device("cpu")):
+        y = conv(x)
+    probe.remove()
+    assert seen == [torch.bfloat16] and y.dtype == torch.float32
+    ref = conv(x)
+    assert not torch.equal(y, ref) and torch.allclose(y, ref, atol=5e-2)
+    y.sum().backward()  # gradients flow back through the cast
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    assert not conv._forward_hooks and not conv._forward_pre_hooks  # the hooks leave with the context
+    assert torch.is_autocast_enabled("cpu") is False
+    with regrow_fit.bf16_autocast(conv, torch.device("cpu"), enabled=False):
+        assert torch.equal(conv(x), ref)
+
+
+def test_precision_options(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        regrow_fit.FitOptions(precision="fp16")
+    cpu = torch.device("cpu")
+    assert regrow_fit.resolve_precision("fp32", cpu) == "fp32"
+    assert regrow_fit.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(regrow_fit, "cpu_has_fast_bf16", lambda: True)
+    assert regrow_fit.resolve_precision("auto", cpu) == "bf16"
+    assert regrow_fit.resolve_precision("auto", torch.device("meta")) == "fp32"
+    monkeypatch.setattr(regrow_fit, "cpu_has_fast_bf16", lambda: False)
+    assert regrow_fit.resolve_precision("auto", cpu) == "fp32"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_reaches_the_posterior_fit(monkeypatch, precision) -> None:
+    dtypes = []
+    model = _voice()
+    model.posterior_encoder.enc.register_forward_hook(
+        lambda _m, _a, out: dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else out.dtype))
+    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
+                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, precision=precision)
+    # the three training steps run under bf16 autocast when asked; evaluation stays in float32
+    assert dtypes.count(torch.bfloat16) == (3 if precision == "bf16" else 0)
+    assert dtypes.count(torch.float32) == len(dtypes) - dtypes.count(torch.bfloat16) >= 1
+    assert report.settings["precision"] == precision
+    assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
+
+
+def test_whitened_prior_loss_is_the_error_in_prior_standard_deviations() -> None:
+    torch.manual_seed(0)
+    z_p, z_t, logs_e = torch.randn(2, 3, 5), torch.randn(2, 3, 5), 0.3 * torch.randn(2, 3, 5)
+    mask = torch.tensor([[[1, 1, 1, 1, 1]], [[1, 1, 1, 0, 0]]], dtype=torch.float32)
+    got = regrow_fit.whitened_prior_loss(z_p, z_t, logs_e, mask)
+    terms = [0.5 * float(((z_p[b, c, t] - z_t[b, c, t]) / logs_e[b, c, t].exp()) ** 2)
+             for b in range(2) for c in range(3) for t in range(5) if mask[b, 0, t]]
+    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+@pytest.mark.parametrize("prior_weight, expected_calls", [(0.0, 0), (0.5, 3)])
+def test_prior_weight_reaches_the_posterior_fit(monkeypatch, prior_weight, expected_calls) -> None:
+    calls = []
+    real = regrow_fit.whitened_prior_loss
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regrow_fit, "whitened_prior_loss", spy)
+    report = regrow(_voice(), organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
+                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, prior_weight=prior_weight)
+    assert len(calls) == expected_calls and report.settings["prior_weight"] == prior_weight

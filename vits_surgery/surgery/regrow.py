@@ -53,7 +53,7 @@ from .regrow_data import (
     synthesize_utterances,
     tokenize_texts,
 )
-from .regrow_fit import FITTERS, FitOptions, sdp_nll_per_token
+from .regrow_fit import FITTERS, FitOptions, resolve_precision, sdp_nll_per_token
 
 __all__ = [
     "REGROWABLE",
@@ -295,6 +295,10 @@ def _reinit(model: VITS, organs: Sequence[str], seed: int) -> None:
         state[key].copy_(fresh[key])
 
 
+def _device(model: VITS) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _settings(model: VITS, organs, steps, lrs, n_train: int, texts: Sequence[str], generator, opts) -> dict:
     return {
         "version": 1,
@@ -362,6 +366,8 @@ def regrow(
     use_cache: bool = True,
     align_weight: float = 0.0,
     kl_weight: float = 0.0,
+    prior_weight: float = 0.0,
+    precision: str = "auto",
 ) -> RegrowReport:
     """Re-create and train the organs an inference-only voice lacks; everything else frozen.
 
@@ -390,6 +396,10 @@ def regrow(
         kl_weight: weight of the VITS KL term (teacher alignment) added to the posterior
             encoder's loss; 0 (the default) fits the teacher z alone, which recovered the
             teacher durations as well or better at half the cost per step on the joe voice.
+        prior_weight: weight of the whitened prior-path loss added to the posterior
+            encoder's loss (:func:`~vits_surgery.surgery.regrow_fit.whitened_prior_loss`).
+        precision: "auto" (default: bfloat16 autocast of the posterior encoder's WaveNet stack
+            where the CPU has native bfloat16 units, else float32), "fp32" or "bf16".
 
     Returns:
         :class:`RegrowReport` (losses, times, duration recovery on held-out utterances).
@@ -402,7 +412,8 @@ def regrow(
     n_heldout = max(2, round(HELDOUT_FRACTION * n_utterances)) if n_heldout is None else n_heldout
     all_texts = _texts(texts, n_utterances, n_heldout)
     opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
-                      align_weight=align_weight, kl_weight=kl_weight, progress=progress)
+                      align_weight=align_weight, kl_weight=kl_weight, prior_weight=prior_weight,
+                      precision=resolve_precision(precision, _device(model)), progress=progress)
     noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}
     settings = _settings(model, organs, steps_map, lr_map, n_utterances, all_texts, generator,
                          {**asdict(opts), **noise, "progress": None})

@@ -7,7 +7,8 @@ else with :func:`~vits_surgery.surgery.freeze.apply_plan`) and returns the loss 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,11 @@ from .regrow_data import Utterance, progress_bar, speaker_vectors
 __all__ = [
     "FitOptions",
     "FITTERS",
+    "PRECISIONS",
+    "bf16_autocast",
+    "cpu_has_fast_bf16",
+    "resolve_precision",
+    "whitened_prior_loss",
     "fit_posterior",
     "fit_duration_posterior",
     "fit_discriminator",
@@ -49,7 +55,14 @@ class FitOptions:
         kl_weight: weight of the VITS KL term (per element, teacher alignment) added to the
             posterior loss; 0 = the teacher-z likelihood alone.
         align_weight: weight of the :func:`alignment_loss` added to the posterior loss.
+        prior_weight: weight of the :func:`whitened_prior_loss` (the posterior mean pushed
+            through the frozen flow, against the teacher ``z_p`` in units of the prior's
+            standard deviation) added to the posterior loss.
         segments_per_utterance: discriminator segments cut from each utterance.
+        precision: "fp32", "bf16" (the posterior encoder's WaveNet stack under bfloat16
+            autocast; its projection and every loss stay float32) or "auto" (bf16 where the
+            CPU has native bfloat16 matrix units, AMX or AVX512-BF16, else fp32; always fp32
+            on other devices).
         progress: tqdm bars.
     """
 
@@ -58,8 +71,65 @@ class FitOptions:
     log_std_floor: float = math.log(0.1)
     kl_weight: float = 0.0
     align_weight: float = 0.0
+    prior_weight: float = 0.0
     segments_per_utterance: int = 2
+    precision: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"FitOptions.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bfloat16 matrix instructions (AMX tiles or AVX512-BF16),
+    where oneDNN runs bfloat16 convolutions faster than float32."""
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    for probe in probes:
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # noqa: BLE001 - a private probe that fails means "unknown": stay in fp32
+            continue
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``"auto"`` stands for on ``device`` ("bf16" or "fp32")."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+@contextmanager
+def bf16_autocast(module: torch.nn.Module, device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """Run ``module`` under bfloat16 autocast and hand its output back as float32, for as long
+    as the context is open (forward hooks, removed on exit)."""
+    if not enabled:
+        yield
+        return
+    active: list[torch.autocast] = []
+
+    def enter(_module, _args):
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16)
+        ctx.__enter__()
+        active.append(ctx)
+
+    def leave(_module, _args, output):
+        active.pop().__exit__(None, None, None)
+        return output.float()
+
+    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        while active:
+            active.pop().__exit__(None, None, None)
 
 
 def _run_steps(name: str, params: Sequence[torch.nn.Parameter], step_loss: Callable[[], torch.Tensor],
@@ -213,21 +283,44 @@ def alignment_loss(z_p: torch.Tensor, batch: _PosteriorBatch, mask: torch.Tensor
     return (ce * mask[:, 0]).sum() / mask.sum()
 
 
+def whitened_prior_loss(z_p: torch.Tensor, z_p_teacher: torch.Tensor, logs_e: torch.Tensor,
+                        mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of ``0.5 * ((z_p - z_p_teacher) / sigma_p)^2``: the error of the flow output
+    in units of the prior's standard deviation along the teacher path, which is the scale MAS
+    compares tokens on.
+
+    Args:
+        z_p, z_p_teacher, logs_e: [B, C, S]; mask: [B, 1, S].
+    """
+    err = (z_p - z_p_teacher) * torch.exp(-logs_e)
+    return (0.5 * err**2 * mask).sum() / (mask.sum() * z_p.shape[1])
+
+
 def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch.nn.Parameter], steps: int,
                   lr: float, opts: FitOptions, generator: torch.Generator) -> list[float]:
     """Fit the posterior encoder on random spectrogram crops: the :func:`posterior_loss` of the
     teacher z, plus ``kl_weight`` times the VITS KL (per element) of a posterior sample pushed
     through the frozen flow against the prior along the teacher durations, plus
-    ``align_weight`` times the :func:`alignment_loss` of that sample."""
+    ``align_weight`` times the :func:`alignment_loss` of that sample, plus ``prior_weight``
+    times the :func:`whitened_prior_loss` of the posterior mean. ``opts.precision`` picks
+    float32 or bfloat16 autocast for the encoder's WaveNet stack."""
     _data_init_posterior(model, utts, opts.log_std_floor)
     prior = teacher_prior(model, utts)
     sampled = opts.kl_weight > 0 or opts.align_weight > 0
+    device = utts[0].spec.device
+    bf16 = resolve_precision(opts.precision, device) == "bf16"
 
     def step_loss() -> torch.Tensor:
         b = _posterior_batch(model, utts, prior, opts, generator)
         noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
-        post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
+        with bf16_autocast(model.posterior_encoder.enc, device, enabled=bf16):
+            post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
         loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
+        if opts.prior_weight > 0:
+            with torch.no_grad():
+                z_p_teacher = model.flow(b.z, post.mask, g=b.g).z
+            z_p_mean = model.flow(post.m_q, post.mask, g=b.g).z
+            loss = loss + opts.prior_weight * whitened_prior_loss(z_p_mean, z_p_teacher, b.logs_e, post.mask)
         if sampled:
             z_p = model.flow(post.z, post.mask, g=b.g).z  # [B, C, S]
             if opts.kl_weight > 0:
