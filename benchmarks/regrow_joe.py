@@ -128,6 +128,7 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=0.0)
     p.add_argument("--prior-weight", type=float, default=0.0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the posterior encoder's WaveNet stack")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--texts", type=Path, default=SENTENCES)
     p.add_argument("--min-chars", type=int, default=50)
@@ -159,6 +160,7 @@ def main() -> None:
             batch_size=args.batch_size, lr=lr, crop_frames=args.crop_frames, texts=texts[:n_text],
             cache_dir=args.cache_dir or tmp, progress=args.progress, align_weight=args.align_weight,
             kl_weight=args.kl_weight, prior_weight=args.prior_weight, precision=args.precision,
+            compile=args.compile,
         )
     logger.info("%s", result.summary())
     if args.save is not None:

@@ -7,6 +7,7 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need_apt=""
 command -v espeak-ng >/dev/null 2>&1 || need_apt="$need_apt espeak-ng"
 command -v flite >/dev/null 2>&1 || need_apt="$need_apt flite"
+command -v g++ >/dev/null 2>&1 || need_apt="$need_apt g++"  # torch.compile (regrow compile=True) builds C++ kernels
 # chromium: the headless-browser test of the HTML report (tests/test_report.py)
 (command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1) || need_apt="$need_apt chromium"
 if [ -n "$need_apt" ]; then

@@ -282,3 +282,26 @@ def test_prior_weight_reaches_the_posterior_fit(monkeypatch, prior_weight, expec
     report = regrow(_voice(), organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
                     crop_frames=16, texts=TEXTS, progress=False, use_cache=False, prior_weight=prior_weight)
     assert len(calls) == expected_calls and report.settings["prior_weight"] == prior_weight
+
+
+def test_compiled_forward_swaps_in_a_compiled_forward_and_restores_it() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 9)
+    ref = conv(x)
+    with regrow_fit.compiled_forward(conv):
+        assert "forward" in vars(conv)  # the instance carries the compiled forward
+        y = conv(x)
+    assert "forward" not in vars(conv)
+    assert torch.allclose(y, ref, atol=1e-5)
+    assert list(conv.state_dict()) == ["weight", "bias"]
+
+
+def test_compile_reaches_the_posterior_fit() -> None:
+    model = _voice()
+    keys = list(model.posterior_encoder.state_dict())
+    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
+                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, compile=True, precision="fp32")
+    assert report.settings["compile"] is True and report.steps["posterior_encoder"] == 3
+    assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
+    assert list(model.posterior_encoder.state_dict()) == keys and "forward" not in vars(model.posterior_encoder.enc)

@@ -368,6 +368,7 @@ def regrow(
     kl_weight: float = 0.0,
     prior_weight: float = 0.0,
     precision: str = "auto",
+    compile: bool = False,
 ) -> RegrowReport:
     """Re-create and train the organs an inference-only voice lacks; everything else frozen.
 
@@ -400,6 +401,7 @@ def regrow(
             encoder's loss (:func:`~vits_surgery.surgery.regrow_fit.whitened_prior_loss`).
         precision: "auto" (default: bfloat16 autocast of the posterior encoder's WaveNet stack
             where the CPU has native bfloat16 units, else float32), "fp32" or "bf16".
+        compile: ``torch.compile`` the posterior encoder's WaveNet stack while it trains.
 
     Returns:
         :class:`RegrowReport` (losses, times, duration recovery on held-out utterances).
@@ -413,7 +415,8 @@ def regrow(
     all_texts = _texts(texts, n_utterances, n_heldout)
     opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
                       align_weight=align_weight, kl_weight=kl_weight, prior_weight=prior_weight,
-                      precision=resolve_precision(precision, _device(model)), progress=progress)
+                      precision=resolve_precision(precision, _device(model)), compile=compile,
+                      progress=progress)
     noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}
     settings = _settings(model, organs, steps_map, lr_map, n_utterances, all_texts, generator,
                          {**asdict(opts), **noise, "progress": None})

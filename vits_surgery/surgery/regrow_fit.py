@@ -24,6 +24,7 @@ __all__ = [
     "FITTERS",
     "PRECISIONS",
     "bf16_autocast",
+    "compiled_forward",
     "cpu_has_fast_bf16",
     "resolve_precision",
     "whitened_prior_loss",
@@ -63,6 +64,9 @@ class FitOptions:
             autocast; its projection and every loss stay float32) or "auto" (bf16 where the
             CPU has native bfloat16 matrix units, AMX or AVX512-BF16, else fp32; always fp32
             on other devices).
+        compile: run the posterior encoder's WaveNet stack through ``torch.compile`` while it
+            trains (a one-off compile of about half a minute, then fewer milliseconds per step;
+            the weights and state-dict keys are unchanged).
         progress: tqdm bars.
     """
 
@@ -74,6 +78,7 @@ class FitOptions:
     prior_weight: float = 0.0
     segments_per_utterance: int = 2
     precision: str = "auto"
+    compile: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -102,6 +107,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+@contextmanager
+def compiled_forward(module: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Swap ``module.forward`` for its ``torch.compile`` version for as long as the context is
+    open; parameters and hooks stay where they are."""
+    if not enabled:
+        yield
+        return
+    module.forward = torch.compile(module.forward)
+    try:
+        yield
+    finally:
+        del module.forward  # back to the class's forward
 
 
 @contextmanager
@@ -309,11 +328,12 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
     sampled = opts.kl_weight > 0 or opts.align_weight > 0
     device = utts[0].spec.device
     bf16 = resolve_precision(opts.precision, device) == "bf16"
+    enc = model.posterior_encoder.enc
 
     def step_loss() -> torch.Tensor:
         b = _posterior_batch(model, utts, prior, opts, generator)
         noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
-        with bf16_autocast(model.posterior_encoder.enc, device, enabled=bf16):
+        with bf16_autocast(enc, device, enabled=bf16):
             post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
         loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
         if opts.prior_weight > 0:
@@ -329,7 +349,8 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
                 loss = loss + opts.align_weight * alignment_loss(z_p, b, post.mask)
         return loss
 
-    return _run_steps("posterior_encoder", params, step_loss, steps, lr, opts.progress)
+    with compiled_forward(enc, enabled=opts.compile):
+        return _run_steps("posterior_encoder", params, step_loss, steps, lr, opts.progress)
 
 
 # ----------------------------------------------------------------------------- SDP posterior
