@@ -295,10 +295,6 @@ def _reinit(model: VITS, organs: Sequence[str], seed: int) -> None:
         state[key].copy_(fresh[key])
 
 
-def _device(model: VITS) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _settings(model: VITS, organs, steps, lrs, n_train: int, texts: Sequence[str], generator, opts) -> dict:
     return {
         "version": 1,
@@ -415,7 +411,7 @@ def regrow(
     all_texts = _texts(texts, n_utterances, n_heldout)
     opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
                       align_weight=align_weight, kl_weight=kl_weight, prior_weight=prior_weight,
-                      precision=resolve_precision(precision, _device(model)), compile=compile,
+                      precision=resolve_precision(precision, next(model.parameters()).device), compile=compile,
                       progress=progress)
     noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}
     settings = _settings(model, organs, steps_map, lr_map, n_utterances, all_texts, generator,

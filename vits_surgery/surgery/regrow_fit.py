@@ -333,8 +333,7 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
     def step_loss() -> torch.Tensor:
         b = _posterior_batch(model, utts, prior, opts, generator)
         noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
-        with bf16_autocast(enc, device, enabled=bf16):
-            post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
+        post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
         loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
         if opts.prior_weight > 0:
             with torch.no_grad():
@@ -349,7 +348,7 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
                 loss = loss + opts.align_weight * alignment_loss(z_p, b, post.mask)
         return loss
 
-    with compiled_forward(enc, enabled=opts.compile):
+    with compiled_forward(enc, enabled=opts.compile), bf16_autocast(enc, device, enabled=bf16):
         return _run_steps("posterior_encoder", params, step_loss, steps, lr, opts.progress)
 
 
