@@ -178,35 +178,37 @@ def test_alignment_loss_is_the_teacher_token_cross_entropy() -> None:
     assert float(got) == pytest.approx(total / n, rel=1e-5)
 
 
-def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
-    calls = []
-    real = regrow_fit.alignment_loss
+def _count_calls(monkeypatch, name: str) -> list[int]:
+    """Wrap ``regrow_fit.<name>`` so each call appends to the returned list."""
+    calls: list[int] = []
+    real = getattr(regrow_fit, name)
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(regrow_fit, "alignment_loss", spy)
-    model = _voice()
-    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
-                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, align_weight=0.5)
+    monkeypatch.setattr(regrow_fit, name, spy)
+    return calls
+
+
+def _regrow_posterior_briefly(model: VITS | None = None, **kwargs):
+    """Three posterior-encoder steps on a tiny voice, no cache."""
+    return regrow(_voice() if model is None else model, organs=["posterior_encoder"], n_utterances=6,
+                  n_heldout=2, steps=3, batch_size=2, crop_frames=16, texts=TEXTS, progress=False,
+                  use_cache=False, **kwargs)
+
+
+def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
+    calls = _count_calls(monkeypatch, "alignment_loss")
+    report = _regrow_posterior_briefly(align_weight=0.5)
     assert len(calls) == 3 and report.steps["posterior_encoder"] == 3
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
 
 
 @pytest.mark.parametrize("kl_weight, expected_calls", [(0.0, 0), (0.5, 3)])
 def test_kl_weight_reaches_the_posterior_fit(monkeypatch, kl_weight, expected_calls) -> None:
-    calls = []
-    real = regrow_fit.kl_loss
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(regrow_fit, "kl_loss", spy)
-    model = _voice()
-    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
-                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, kl_weight=kl_weight)
+    calls = _count_calls(monkeypatch, "kl_loss")
+    report = _regrow_posterior_briefly(kl_weight=kl_weight)
     assert len(calls) == expected_calls and report.steps["posterior_encoder"] == 3
     assert report.settings["kl_weight"] == kl_weight
 
@@ -250,8 +252,7 @@ def test_precision_reaches_the_posterior_fit(monkeypatch, precision) -> None:
     model = _voice()
     model.posterior_encoder.enc.register_forward_hook(
         lambda _m, _a, out: dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else out.dtype))
-    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
-                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, precision=precision)
+    report = _regrow_posterior_briefly(model, precision=precision)
     # the three training steps run under bf16 autocast when asked; evaluation stays in float32
     assert dtypes.count(torch.bfloat16) == (3 if precision == "bf16" else 0)
     assert dtypes.count(torch.float32) == len(dtypes) - dtypes.count(torch.bfloat16) >= 1
@@ -271,16 +272,8 @@ def test_whitened_prior_loss_is_the_error_in_prior_standard_deviations() -> None
 
 @pytest.mark.parametrize("prior_weight, expected_calls", [(0.0, 0), (0.5, 3)])
 def test_prior_weight_reaches_the_posterior_fit(monkeypatch, prior_weight, expected_calls) -> None:
-    calls = []
-    real = regrow_fit.whitened_prior_loss
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(regrow_fit, "whitened_prior_loss", spy)
-    report = regrow(_voice(), organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
-                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, prior_weight=prior_weight)
+    calls = _count_calls(monkeypatch, "whitened_prior_loss")
+    report = _regrow_posterior_briefly(prior_weight=prior_weight)
     assert len(calls) == expected_calls and report.settings["prior_weight"] == prior_weight
 
 
@@ -300,8 +293,7 @@ def test_compiled_forward_swaps_in_a_compiled_forward_and_restores_it() -> None:
 def test_compile_reaches_the_posterior_fit() -> None:
     model = _voice()
     keys = list(model.posterior_encoder.state_dict())
-    report = regrow(model, organs=["posterior_encoder"], n_utterances=6, n_heldout=2, steps=3, batch_size=2,
-                    crop_frames=16, texts=TEXTS, progress=False, use_cache=False, compile=True, precision="fp32")
+    report = _regrow_posterior_briefly(model, compile=True, precision="fp32")
     assert report.settings["compile"] is True and report.steps["posterior_encoder"] == 3
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
     assert list(model.posterior_encoder.state_dict()) == keys and "forward" not in vars(model.posterior_encoder.enc)
