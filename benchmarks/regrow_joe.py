@@ -125,6 +125,11 @@ def main() -> None:
     p.add_argument("--crop-frames", type=int, default=64)
     p.add_argument("--lr-posterior", type=float, default=None)
     p.add_argument("--align-weight", type=float, default=0.0)
+    p.add_argument("--align-steps", type=int, default=0,
+                   help="> 0: the alignment loss only in a final phase of this many extra posterior steps")
+    p.add_argument("--align-lr-factor", type=float, default=1 / 3)
+    p.add_argument("--align-temperature", type=float, default=1.0,
+                   help="divisor of the alignment logits (1 = MAS's scale; 192 = the per-channel mean)")
     p.add_argument("--kl-weight", type=float, default=0.0)
     p.add_argument("--prior-weight", type=float, default=0.0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
@@ -159,6 +164,8 @@ def main() -> None:
             model, organs=organs, n_utterances=args.n_utterances, n_heldout=args.n_heldout, steps=steps,
             batch_size=args.batch_size, lr=lr, crop_frames=args.crop_frames, texts=texts[:n_text],
             cache_dir=args.cache_dir or tmp, progress=args.progress, align_weight=args.align_weight,
+            align_steps=args.align_steps, align_lr_factor=args.align_lr_factor,
+            align_temperature=args.align_temperature,
             kl_weight=args.kl_weight, prior_weight=args.prior_weight, precision=args.precision,
             compile=args.compile,
         )

@@ -148,9 +148,11 @@ def test_default_texts_are_varied_and_reproducible() -> None:
     assert any(t.endswith("?") for t in texts) and any("," in t for t in texts)
 
 
-def test_alignment_loss_is_the_teacher_token_cross_entropy() -> None:
-    """alignment_loss: -log softmax over the utterance's tokens of the per-channel prior
-    log-likelihood, at the teacher token, masked mean; padding tokens never win."""
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_alignment_loss_is_the_teacher_token_cross_entropy(temperature) -> None:
+    """alignment_loss: -log softmax over the utterance's tokens of the prior log-likelihood
+    summed over channels (divided by the temperature), at the teacher token, masked mean;
+    padding tokens never win."""
     torch.manual_seed(0)
     c, t_x, s = 3, 4, 5
     z_p = torch.randn(2, c, s)
@@ -159,7 +161,7 @@ def test_alignment_loss_is_the_teacher_token_cross_entropy() -> None:
     token_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # the second item has 3 tokens
     mask = torch.tensor([[[1, 1, 1, 1, 1]], [[1, 1, 1, 1, 0]]], dtype=torch.float32)
     batch = SimpleNamespace(m_p=m_p, logs_p=logs_p, token=token, token_mask=token_mask)
-    got = regrow_fit.alignment_loss(z_p, batch, mask)
+    got = regrow_fit.alignment_loss(z_p, batch, mask, temperature)
     total, n = 0.0, 0
     for b in range(2):
         for j in range(s):
@@ -171,7 +173,7 @@ def test_alignment_loss_is_the_teacher_token_cross_entropy() -> None:
                     continue
                 var = torch.exp(2 * logs_p[b, :, i])
                 ll = -0.5 * math.log(2 * math.pi) - logs_p[b, :, i] - 0.5 * (z_p[b, :, j] - m_p[b, :, i]) ** 2 / var
-                logits.append(ll.sum() / c)
+                logits.append(ll.sum() / temperature)
             logits = torch.stack(logits)
             total += float(-(logits[token[b, j]] - torch.logsumexp(logits, 0)))
             n += 1
@@ -203,6 +205,34 @@ def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
     report = _regrow_posterior_briefly(align_weight=0.5)
     assert len(calls) == 3 and report.steps["posterior_encoder"] == 3
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
+
+
+def test_align_steps_add_a_final_alignment_phase(monkeypatch) -> None:
+    """align_steps > 0: the main fit runs without the alignment loss, then a second optimizer
+    run of align_steps steps at align_lr_factor times the learning rate adds it."""
+    calls = _count_calls(monkeypatch, "alignment_loss")
+    runs: list[tuple[str, int, float]] = []
+    real_run = regrow_fit._run_steps
+
+    def spy_run(name, params, step_loss, steps, lr, progress):
+        runs.append((name, steps, lr))
+        return real_run(name, params, step_loss, steps, lr, progress)
+
+    monkeypatch.setattr(regrow_fit, "_run_steps", spy_run)
+    report = _regrow_posterior_briefly(align_weight=0.5, align_steps=2, align_lr_factor=0.25, lr=4e-3)
+    assert [(name, steps) for name, steps, _ in runs] == [("posterior_encoder", 3),
+                                                         ("posterior_encoder (alignment)", 2)]
+    assert runs[0][2] == pytest.approx(4e-3) and runs[1][2] == pytest.approx(1e-3)
+    assert len(calls) == 2  # only in the final phase
+    assert report.steps["posterior_encoder"] == 5 and len(report.curves["posterior_encoder"]) == 5
+    assert report.settings["align_steps"] == 2
+    runs.clear()
+    _regrow_posterior_briefly(align_steps=2)  # no alignment weight: no final phase
+    assert [name for name, _, _ in runs] == ["posterior_encoder"]
+    with pytest.raises(ValueError, match="align_steps"):
+        regrow_fit.FitOptions(align_steps=-1)
+    with pytest.raises(ValueError, match="align_temperature"):
+        regrow_fit.FitOptions(align_temperature=0.0)
 
 
 @pytest.mark.parametrize("kl_weight, expected_calls", [(0.0, 0), (0.5, 3)])

@@ -361,6 +361,9 @@ def regrow(
     noise_scale_w: float = 0.8,
     use_cache: bool = True,
     align_weight: float = 0.0,
+    align_steps: int = 0,
+    align_lr_factor: float = 1 / 3,
+    align_temperature: float = 1.0,
     kl_weight: float = 0.0,
     prior_weight: float = 0.0,
     precision: str = "auto",
@@ -390,6 +393,12 @@ def regrow(
         use_cache: look up and store the result in the cache.
         align_weight: weight of the alignment loss added to the posterior encoder's loss
             (:func:`~vits_surgery.surgery.regrow_fit.alignment_loss`).
+        align_steps: 0 = that loss at every posterior step; > 0 = only in a final phase of
+            this many extra steps after the main fit (at ``align_lr_factor`` times its learning
+            rate), which is where it paid off on the joe voice (docs/benchmarks.md).
+        align_lr_factor: learning rate of the final alignment phase relative to the main fit's.
+        align_temperature: divisor of the alignment logits (the prior log-likelihood summed
+            over channels; 1 = the scale MAS compares tokens on).
         kl_weight: weight of the VITS KL term (teacher alignment) added to the posterior
             encoder's loss; 0 (the default) fits the teacher z alone, which recovered the
             teacher durations as well or better at half the cost per step on the joe voice.
@@ -410,7 +419,8 @@ def regrow(
     n_heldout = max(2, round(HELDOUT_FRACTION * n_utterances)) if n_heldout is None else n_heldout
     all_texts = _texts(texts, n_utterances, n_heldout)
     opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
-                      align_weight=align_weight, kl_weight=kl_weight, prior_weight=prior_weight,
+                      align_weight=align_weight, align_steps=align_steps, align_lr_factor=align_lr_factor,
+                      align_temperature=align_temperature, kl_weight=kl_weight, prior_weight=prior_weight,
                       precision=resolve_precision(precision, next(model.parameters()).device), compile=compile,
                       progress=progress)
     noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}

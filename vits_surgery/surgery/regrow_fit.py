@@ -56,6 +56,15 @@ class FitOptions:
         kl_weight: weight of the VITS KL term (per element, teacher alignment) added to the
             posterior loss; 0 = the teacher-z likelihood alone.
         align_weight: weight of the :func:`alignment_loss` added to the posterior loss.
+        align_steps: 0 = the alignment loss joins the posterior loss at every step; > 0 = the
+            main fit leaves it out and a final phase of this many extra steps adds it (a fresh
+            optimizer, warm-up and cosine schedule at ``align_lr_factor`` times the learning
+            rate, no re-initialisation): the cheap teacher-z fit does the bulk of the work and
+            the dearer alignment term only sharpens the token boundaries at the end.
+        align_lr_factor: learning rate of that final phase relative to the main fit's.
+        align_temperature: the alignment logits are the prior log-likelihood summed over
+            channels divided by this; 1 is the scale MAS itself compares tokens on, the
+            number of latent channels gives the per-channel mean.
         prior_weight: weight of the :func:`whitened_prior_loss` (the posterior mean pushed
             through the frozen flow, against the teacher ``z_p`` in units of the prior's
             standard deviation) added to the posterior loss.
@@ -75,6 +84,9 @@ class FitOptions:
     log_std_floor: float = math.log(0.1)
     kl_weight: float = 0.0
     align_weight: float = 0.0
+    align_steps: int = 0
+    align_lr_factor: float = 1 / 3
+    align_temperature: float = 1.0
     prior_weight: float = 0.0
     segments_per_utterance: int = 2
     precision: str = "auto"
@@ -84,6 +96,11 @@ class FitOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"FitOptions.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.align_steps < 0:
+            raise ValueError(f"FitOptions.align_steps must be >= 0, got {self.align_steps}")
+        if self.align_temperature <= 0 or self.align_lr_factor <= 0:
+            raise ValueError("FitOptions.align_temperature and align_lr_factor must be > 0, got "
+                             f"{self.align_temperature} and {self.align_lr_factor}")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -289,14 +306,16 @@ def _posterior_batch(model: VITS, utts: Sequence[Utterance], prior: Sequence[Tea
     )
 
 
-def alignment_loss(z_p: torch.Tensor, batch: _PosteriorBatch, mask: torch.Tensor) -> torch.Tensor:
+def alignment_loss(z_p: torch.Tensor, batch: _PosteriorBatch, mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy of each frame's teacher token among the utterance's tokens, with the
-    prior log-likelihood of ``z_p`` per channel as logits (what MAS compares), masked mean.
+    prior log-likelihood of ``z_p`` (summed over channels, what MAS compares) divided by
+    ``temperature`` as logits, masked mean.
 
     Args:
         z_p: [B, C, S] flow output of the posterior sample; mask: [B, 1, S].
     """
-    log_p = VITS.prior_log_likelihood(z_p, batch.m_p, batch.logs_p) / z_p.shape[1]  # [B, T_x, S]
+    log_p = VITS.prior_log_likelihood(z_p, batch.m_p, batch.logs_p) / temperature  # [B, T_x, S]
     log_p = log_p.masked_fill(batch.token_mask.unsqueeze(-1) == 0, float("-inf"))
     ce = F.cross_entropy(log_p, batch.token.long(), reduction="none")  # [B, S]
     return (ce * mask[:, 0]).sum() / mask.sum()
@@ -320,36 +339,48 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
     """Fit the posterior encoder on random spectrogram crops: the :func:`posterior_loss` of the
     teacher z, plus ``kl_weight`` times the VITS KL (per element) of a posterior sample pushed
     through the frozen flow against the prior along the teacher durations, plus
-    ``align_weight`` times the :func:`alignment_loss` of that sample, plus ``prior_weight``
-    times the :func:`whitened_prior_loss` of the posterior mean. ``opts.precision`` picks
-    float32 or bfloat16 autocast for the encoder's WaveNet stack."""
+    ``align_weight`` times the :func:`alignment_loss` of that sample (at every step, or only in
+    a final phase of ``opts.align_steps`` extra steps), plus ``prior_weight`` times the
+    :func:`whitened_prior_loss` of the posterior mean. ``opts.precision`` picks float32 or
+    bfloat16 autocast for the encoder's WaveNet stack. Returns the loss of every step, the
+    final phase's after the main fit's."""
     _data_init_posterior(model, utts, opts.log_std_floor)
     prior = teacher_prior(model, utts)
-    sampled = opts.kl_weight > 0 or opts.align_weight > 0
     device = utts[0].spec.device
     bf16 = resolve_precision(opts.precision, device) == "bf16"
     enc = model.posterior_encoder.enc
+    final_phase = opts.align_weight > 0 and opts.align_steps > 0
 
-    def step_loss() -> torch.Tensor:
-        b = _posterior_batch(model, utts, prior, opts, generator)
-        noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
-        post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
-        loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
-        if opts.prior_weight > 0:
-            with torch.no_grad():
-                z_p_teacher = model.flow(b.z, post.mask, g=b.g).z
-            z_p_mean = model.flow(post.m_q, post.mask, g=b.g).z
-            loss = loss + opts.prior_weight * whitened_prior_loss(z_p_mean, z_p_teacher, b.logs_e, post.mask)
-        if sampled:
-            z_p = model.flow(post.z, post.mask, g=b.g).z  # [B, C, S]
-            if opts.kl_weight > 0:
-                loss = loss + opts.kl_weight * kl_loss(z_p, post.logs_q, b.m_e, b.logs_e, post.mask) / b.z.shape[1]
-            if opts.align_weight > 0:
-                loss = loss + opts.align_weight * alignment_loss(z_p, b, post.mask)
-        return loss
+    def make_step(align_weight: float) -> Callable[[], torch.Tensor]:
+        sampled = opts.kl_weight > 0 or align_weight > 0
+
+        def step_loss() -> torch.Tensor:
+            b = _posterior_batch(model, utts, prior, opts, generator)
+            noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
+            post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
+            loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
+            if opts.prior_weight > 0:
+                with torch.no_grad():
+                    z_p_teacher = model.flow(b.z, post.mask, g=b.g).z
+                z_p_mean = model.flow(post.m_q, post.mask, g=b.g).z
+                loss = loss + opts.prior_weight * whitened_prior_loss(z_p_mean, z_p_teacher, b.logs_e, post.mask)
+            if sampled:
+                z_p = model.flow(post.z, post.mask, g=b.g).z  # [B, C, S]
+                if opts.kl_weight > 0:
+                    loss = loss + opts.kl_weight * kl_loss(z_p, post.logs_q, b.m_e, b.logs_e, post.mask) / b.z.shape[1]
+                if align_weight > 0:
+                    loss = loss + align_weight * alignment_loss(z_p, b, post.mask, opts.align_temperature)
+            return loss
+
+        return step_loss
 
     with compiled_forward(enc, enabled=opts.compile), bf16_autocast(enc, device, enabled=bf16):
-        return _run_steps("posterior_encoder", params, step_loss, steps, lr, opts.progress)
+        curve = _run_steps("posterior_encoder", params, make_step(0.0 if final_phase else opts.align_weight),
+                           steps, lr, opts.progress)
+        if final_phase:
+            curve += _run_steps("posterior_encoder (alignment)", params, make_step(opts.align_weight),
+                                opts.align_steps, lr * opts.align_lr_factor, opts.progress)
+    return curve
 
 
 # ----------------------------------------------------------------------------- SDP posterior
