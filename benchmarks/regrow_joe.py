@@ -133,6 +133,8 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=0.0)
     p.add_argument("--prior-weight", type=float, default=0.0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--flow-precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="dtype of the frozen flow in the KL / alignment / prior terms (auto: bf16 where --precision auto would pick it)")
     p.add_argument("--compile", action="store_true", help="torch.compile the posterior encoder's WaveNet stack")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--texts", type=Path, default=SENTENCES)
@@ -167,7 +169,7 @@ def main() -> None:
             align_steps=args.align_steps, align_lr_factor=args.align_lr_factor,
             align_temperature=args.align_temperature,
             kl_weight=args.kl_weight, prior_weight=args.prior_weight, precision=args.precision,
-            compile=args.compile,
+            compile=args.compile, flow_precision=args.flow_precision,
         )
     logger.info("%s", result.summary())
     if args.save is not None:

@@ -290,6 +290,84 @@ def test_precision_reaches_the_posterior_fit(monkeypatch, precision) -> None:
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
 
 
+@pytest.mark.parametrize("fold_first", [False, True])
+def test_frozen_flow_copy_matches_the_flow_and_leaves_it_alone(fold_first) -> None:
+    from vits_surgery.models.commons import has_weight_norm, remove_weight_norms
+
+    model = _voice()
+    if fold_first:  # a voice whose flow already has plain weights (e.g. an ONNX import)
+        remove_weight_norms(model.flow)
+    wn_before = [has_weight_norm(m) for m in model.flow.modules()]
+    assert any(wn_before) != fold_first
+    before = {k: v.clone() for k, v in model.flow.state_dict().items()}
+    torch.manual_seed(1)
+    c = model.config.inter_channels
+    z = torch.randn(2, c, 11)
+    mask = torch.ones(2, 1, 11)
+    mask[1, :, 7:] = 0
+    z = z * mask
+    with torch.no_grad():
+        ref = model.flow(z, mask).z
+    fp32 = regrow_fit.frozen_flow(model, torch.float32)
+    assert torch.allclose(fp32(z, mask), ref, atol=1e-5)
+    bf16 = regrow_fit.frozen_flow(model, torch.bfloat16)
+    z_in = z.clone().requires_grad_(True)
+    out = bf16(z_in, mask)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    assert torch.allclose(out, ref, atol=0.1 * float(ref.abs().max()))
+    out.pow(2).sum().backward()  # gradients reach the input, and nothing else
+    assert z_in.grad is not None and torch.isfinite(z_in.grad).all() and z_in.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.flow.parameters())
+    # the model's own flow: same tensors, same weight-norm layers, still runs
+    after = model.flow.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert [has_weight_norm(m) for m in model.flow.modules()] == wn_before
+    with torch.no_grad():
+        assert torch.equal(model.flow(z, mask).z, ref)
+
+
+@pytest.mark.parametrize("precision, flow_precision, expected", [
+    ("bf16", None, None), ("fp32", "bf16", torch.bfloat16), ("fp32", "auto", torch.bfloat16), ("bf16", "fp32", None),
+])
+def test_flow_precision_reaches_the_posterior_fit(monkeypatch, precision, flow_precision, expected) -> None:
+    """The alignment term runs the posterior through a frozen bfloat16 copy of the flow when
+    ``flow_precision`` is bf16 ("auto": where the CPU has bfloat16 units, as for ``precision``),
+    through the model's own flow otherwise (the default, whatever ``precision`` is)."""
+    monkeypatch.setattr(regrow_fit, "cpu_has_fast_bf16", lambda: True)
+    made: list[torch.dtype] = []
+    real = regrow_fit.frozen_flow
+
+    def spy(model, dtype=torch.float32):
+        made.append(dtype)
+        return real(model, dtype)
+
+    monkeypatch.setattr(regrow_fit, "frozen_flow", spy)
+    flow_calls: list[bool] = []  # grad enabled at each call of the model's own flow
+    model = _voice()
+    model.flow.register_forward_hook(lambda *_: flow_calls.append(torch.is_grad_enabled()))
+    extra = {} if flow_precision is None else {"flow_precision": flow_precision}
+    report = _regrow_posterior_briefly(model, precision=precision, align_weight=0.5, **extra)
+    assert made == ([] if expected is None else [expected])
+    assert report.settings["flow_precision"] == ("bf16" if expected is not None else "fp32")
+    assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
+    assert flow_calls.count(True) == (0 if expected is not None else 3)  # the three training steps
+    assert flow_calls.count(False) >= 1  # the held-out evaluation uses the model's own flow either way
+    with pytest.raises(ValueError, match="flow_precision"):
+        regrow_fit.FitOptions(flow_precision="fp16")
+
+
+def test_discriminator_pool_is_sized_to_the_steps() -> None:
+    utts = list(range(300))  # stand-ins: only the selection is under test
+    opts = regrow_fit.FitOptions(batch_size=8, segments_per_utterance=2)
+    gen = torch.Generator().manual_seed(0)
+    picked = regrow_fit.pool_utterances(utts, 30, opts, gen)  # 30 * 8 / 2 = 120 utterances
+    assert len(picked) == 120 and len(set(picked)) == 120 and picked == sorted(picked)
+    assert picked != utts[:120]  # a random subset, not the first ones
+    assert len(regrow_fit.pool_utterances(utts, 1, opts, gen)) == regrow_fit.MIN_POOL_UTTERANCES
+    assert regrow_fit.pool_utterances(utts, 100, opts, gen) == utts  # 400 needed, 300 there: all
+    assert regrow_fit.pool_utterances(utts[:10], 1, opts, gen) == utts[:10]
+
+
 def test_whitened_prior_loss_is_the_error_in_prior_standard_deviations() -> None:
     torch.manual_seed(0)
     z_p, z_t, logs_e = torch.randn(2, 3, 5), torch.randn(2, 3, 5), 0.3 * torch.randn(2, 3, 5)

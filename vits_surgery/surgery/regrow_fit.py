@@ -34,6 +34,8 @@ __all__ = [
     "posterior_loss",
     "sdp_nll_per_token",
     "segment_pool",
+    "frozen_flow",
+    "pool_utterances",
     "text_hidden",
 ]
 
@@ -73,6 +75,11 @@ class FitOptions:
             autocast; its projection and every loss stay float32) or "auto" (bf16 where the
             CPU has native bfloat16 matrix units, AMX or AVX512-BF16, else fp32; always fp32
             on other devices).
+        flow_precision: the dtype of the frozen flow that the KL, alignment and prior terms push
+            the posterior through: "fp32" (default) the model's flow itself; "bf16" a frozen
+            bfloat16 copy with its weight norm folded (the model's own flow is untouched,
+            gradients reach the posterior only; not faster in the alignment steps on the joe
+            voice, docs/benchmarks.md); "auto" bf16 where ``precision="auto"`` would pick it.
         compile: run the posterior encoder's WaveNet stack through ``torch.compile`` while it
             trains (a one-off compile of about half a minute, then fewer milliseconds per step;
             the weights and state-dict keys are unchanged).
@@ -90,12 +97,15 @@ class FitOptions:
     prior_weight: float = 0.0
     segments_per_utterance: int = 2
     precision: str = "auto"
+    flow_precision: str = "fp32"
     compile: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"FitOptions.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.flow_precision not in PRECISIONS:
+            raise ValueError(f"FitOptions.flow_precision must be one of {PRECISIONS}, got {self.flow_precision!r}")
         if self.align_steps < 0:
             raise ValueError(f"FitOptions.align_steps must be >= 0, got {self.align_steps}")
         if self.align_temperature <= 0 or self.align_lr_factor <= 0:
@@ -166,6 +176,40 @@ def bf16_autocast(module: torch.nn.Module, device: torch.device, enabled: bool =
             h.remove()
         while active:
             active.pop().__exit__(None, None, None)
+
+
+def frozen_flow(model: VITS, dtype: torch.dtype = torch.float32) -> Callable[..., torch.Tensor]:
+    """``(z, mask, g=None) -> z_p`` through a frozen copy of ``model.flow`` in ``dtype``, weight
+    norm folded, output float32. Gradients reach ``z`` (and ``g``), never the copy's weights;
+    the model's own flow is neither changed nor shared.
+
+    Args (of the returned function):
+        z: [B, C, T]; mask: [B, 1, T]; g: [B, gin, 1] or None.
+    """
+    from ..models.commons import remove_weight_norms
+    from ..models.flow import ResidualCouplingFlow
+
+    cfg = model.config
+    copy = ResidualCouplingFlow(cfg.flow, cfg.inter_channels, cfg.gin_channels)
+    remove_weight_norms(copy)
+    with torch.no_grad():
+        # effective weights: ``getattr`` on a weight-norm layer computes g * v / ||v||
+        for name, dst in copy.named_modules():
+            src = model.flow.get_submodule(name)
+            for attr, tensor in [*dst.named_parameters(recurse=False), *dst.named_buffers(recurse=False)]:
+                value = getattr(src, attr)
+                if value.shape != tensor.shape:
+                    raise ValueError(f"flow copy: {name}.{attr} has shape {tuple(value.shape)} in the model, "
+                                     f"{tuple(tensor.shape)} in the copy")
+                tensor.copy_(value)
+    device = next(model.flow.parameters()).device
+    copy = copy.to(device=device, dtype=dtype).requires_grad_(False).eval()
+
+    def run(z: torch.Tensor, mask: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        g = None if g is None else g.to(dtype)
+        return copy(z.to(dtype), mask.to(dtype), g=g).z.float()
+
+    return run
 
 
 def _run_steps(name: str, params: Sequence[torch.nn.Parameter], step_loss: Callable[[], torch.Tensor],
@@ -342,13 +386,19 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
     ``align_weight`` times the :func:`alignment_loss` of that sample (at every step, or only in
     a final phase of ``opts.align_steps`` extra steps), plus ``prior_weight`` times the
     :func:`whitened_prior_loss` of the posterior mean. ``opts.precision`` picks float32 or
-    bfloat16 autocast for the encoder's WaveNet stack. Returns the loss of every step, the
+    bfloat16 autocast for the encoder's WaveNet stack, ``opts.flow_precision`` the model's flow or a frozen bfloat16 copy (:func:`frozen_flow`) for those terms. Returns the loss of every step, the
     final phase's after the main fit's."""
     _data_init_posterior(model, utts, opts.log_std_floor)
     prior = teacher_prior(model, utts)
     device = utts[0].spec.device
     bf16 = resolve_precision(opts.precision, device) == "bf16"
     enc = model.posterior_encoder.enc
+    flow_bf16 = resolve_precision(opts.flow_precision, device) == "bf16"
+    if flow_bf16 and (opts.kl_weight > 0 or opts.align_weight > 0 or opts.prior_weight > 0):
+        flow = frozen_flow(model, torch.bfloat16)
+    else:
+        def flow(z: torch.Tensor, mask: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+            return model.flow(z, mask, g=g).z
     final_phase = opts.align_weight > 0 and opts.align_steps > 0
 
     def make_step(align_weight: float) -> Callable[[], torch.Tensor]:
@@ -361,11 +411,11 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
             loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
             if opts.prior_weight > 0:
                 with torch.no_grad():
-                    z_p_teacher = model.flow(b.z, post.mask, g=b.g).z
-                z_p_mean = model.flow(post.m_q, post.mask, g=b.g).z
+                    z_p_teacher = flow(b.z, post.mask, b.g)
+                z_p_mean = flow(post.m_q, post.mask, b.g)
                 loss = loss + opts.prior_weight * whitened_prior_loss(z_p_mean, z_p_teacher, b.logs_e, post.mask)
             if sampled:
-                z_p = model.flow(post.z, post.mask, g=b.g).z  # [B, C, S]
+                z_p = flow(post.z, post.mask, b.g)  # [B, C, S]
                 if opts.kl_weight > 0:
                     loss = loss + opts.kl_weight * kl_loss(z_p, post.logs_q, b.m_e, b.logs_e, post.mask) / b.z.shape[1]
                 if align_weight > 0:
@@ -451,10 +501,29 @@ def segment_pool(model: VITS, utts: Sequence[Utterance], opts: FitOptions,
     return torch.cat(reals), torch.cat(fakes)
 
 
+MIN_POOL_UTTERANCES = 64
+"""Fewest utterances the discriminator's segment pool is cut from (when there are that many)."""
+
+
+def pool_utterances(utts: Sequence[Utterance], steps: int, opts: FitOptions,
+                    generator: torch.Generator) -> list[Utterance]:
+    """A random subset, in order, of the utterances that ``steps`` discriminator steps of
+    ``opts.batch_size`` segments can use: ``ceil(steps * batch_size / segments_per_utterance)``
+    of them, at least :data:`MIN_POOL_UTTERANCES`, at most all."""
+    needed = max(MIN_POOL_UTTERANCES, math.ceil(steps * opts.batch_size / opts.segments_per_utterance))
+    if needed >= len(utts):
+        return list(utts)
+    keep = torch.randperm(len(utts), generator=generator)[:needed].sort().values
+    return [utts[int(i)] for i in keep]
+
+
 def fit_discriminator(model: VITS, utts: Sequence[Utterance], params: Sequence[torch.nn.Parameter], steps: int,
                       lr: float, opts: FitOptions, generator: torch.Generator) -> list[float]:
-    """LSGAN discriminator against the frozen generator on a pool of (real, fake) segments."""
-    real, fake = segment_pool(model, utts, opts, generator)
+    """LSGAN discriminator against the frozen generator on a pool of (real, fake) segments,
+    cut from as many utterances as the steps can draw from (``steps * batch_size`` segments,
+    at least :data:`MIN_POOL_UTTERANCES` utterances): each pool segment costs a decoder pass,
+    so a pool larger than the draws would be decoded for nothing."""
+    real, fake = segment_pool(model, pool_utterances(utts, steps, opts, generator), opts, generator)
 
     def step_loss() -> torch.Tensor:
         idx = torch.randint(real.shape[0], (opts.batch_size,), generator=generator)
