@@ -386,8 +386,9 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
     ``align_weight`` times the :func:`alignment_loss` of that sample (at every step, or only in
     a final phase of ``opts.align_steps`` extra steps), plus ``prior_weight`` times the
     :func:`whitened_prior_loss` of the posterior mean. ``opts.precision`` picks float32 or
-    bfloat16 autocast for the encoder's WaveNet stack, ``opts.flow_precision`` the model's flow or a frozen bfloat16 copy (:func:`frozen_flow`) for those terms. Returns the loss of every step, the
-    final phase's after the main fit's."""
+    bfloat16 autocast for the encoder's WaveNet stack, ``opts.flow_precision`` the model's flow
+    or a frozen bfloat16 copy (:func:`frozen_flow`) for those terms. Returns the loss of every
+    step, the final phase's after the main fit's."""
     _data_init_posterior(model, utts, opts.log_std_floor)
     prior = teacher_prior(model, utts)
     device = utts[0].spec.device
