@@ -139,7 +139,7 @@ class _PiperGraph(nn.Module):
 
 def _inference_copy(model: VITS) -> VITS:
     """A CPU float32 copy of the inference organs with LoRA merged and weight norm folded."""
-    from ..models.commons import has_weight_norm, remove_weight_norms
+    from ..models.commons import own_weight_norm_classes, remove_weight_norms
 
     shell = copy.copy(model)  # shares nothing mutable below: every organ is deep-copied
     shell._modules = {}
@@ -152,14 +152,7 @@ def _inference_copy(model: VITS) -> VITS:
     if lora_layers(shell):
         merged = remove_lora(shell, merge=True)
         logger.info("merged %d LoRA adapters into the exported weights", merged)
-    for module in shell.modules():
-        if has_weight_norm(module):
-            # A deep copy shares torch's per-layer parametrized class with the original, and
-            # removing the parametrization deletes the weight property from that class; give
-            # the copy a class of its own so the caller's layer keeps its weight.
-            cls = type(module)
-            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    own_weight_norm_classes(shell)  # the organs are deep copies: keep the caller's layers intact
     folded = remove_weight_norms(shell)
     logger.debug("folded weight norm of %d layers", folded)
     if model.config.duration_predictor.stochastic:

@@ -15,6 +15,7 @@ __all__ = [
     "has_weight_norm",
     "remove_weight_norms",
     "restore_weight_norms",
+    "own_weight_norm_classes",
     "fused_add_tanh_sigmoid_multiply",
     "generate_path",
     "slice_segments",
@@ -84,6 +85,21 @@ def remove_weight_norms(model: nn.Module) -> int:
             setattr(module, _WN_MARK, True)
             count += 1
     return count
+
+
+def own_weight_norm_classes(model: nn.Module) -> None:
+    """Give every weight-normed layer of ``model`` (a deep copy) a class of its own.
+
+    torch gives each parametrized layer a generated class holding the ``weight`` property, and
+    a deep copy shares that class with the original; folding the copy's weight norm deletes
+    the property from the class, which would break the original layer. Call this on the copy
+    before :func:`remove_weight_norms`.
+    """
+    for module in model.modules():
+        if has_weight_norm(module):
+            cls = type(module)
+            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def restore_weight_norms(model: nn.Module) -> int:

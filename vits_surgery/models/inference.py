@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .commons import has_weight_norm, remove_weight_norms
+from .commons import own_weight_norm_classes, remove_weight_norms
 from .decoder import Generator, ResBlock1, ResBlock2
 from .flow import FlowOutput, ResidualCouplingLayer
 from .vits import VITS, InferenceOutput
@@ -282,20 +282,12 @@ def compiler_available() -> str | None:
 
 
 def _copy_without_discriminator(model: VITS) -> VITS:
-    """Deep copy of ``model`` minus its discriminator; weight-normed layers get classes of their own.
-
-    torch gives each parametrized layer a generated class holding the ``weight`` property, and
-    a deep copy shares that class with the original; folding the copy's weight norm deletes
-    the property from the class, which would break the original layer. A per-layer subclass
-    clone keeps the two apart.
-    """
+    """Deep copy of ``model`` minus its discriminator; weight-normed layers get classes of
+    their own (:func:`~vits_surgery.models.commons.own_weight_norm_classes`), so folding the
+    copy leaves the original intact."""
     memo = {id(model.discriminator): None} if model.discriminator is not None else {}
     fast = copy.deepcopy(model, memo)
-    for module in fast.modules():
-        if has_weight_norm(module):
-            cls = type(module)
-            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    own_weight_norm_classes(fast)
     return fast
 
 

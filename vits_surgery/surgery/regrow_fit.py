@@ -181,7 +181,9 @@ def bf16_autocast(module: torch.nn.Module, device: torch.device, enabled: bool =
 def frozen_flow(model: VITS, dtype: torch.dtype = torch.float32) -> Callable[..., torch.Tensor]:
     """``(z, mask, g=None) -> z_p`` through a frozen copy of ``model.flow`` in ``dtype``, weight
     norm folded, output float32. Gradients reach ``z`` (and ``g``), never the copy's weights;
-    the model's own flow is neither changed nor shared.
+    the model's own flow is neither changed nor shared. The copy is built fresh from the config
+    and filled with the effective weights (rather than deep-copied), so it shares none of the
+    flow's generated weight-norm classes or hooks, whether or not the flow's weight norm is folded.
 
     Args (of the returned function):
         z: [B, C, T]; mask: [B, 1, T]; g: [B, gin, 1] or None.
