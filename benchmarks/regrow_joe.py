@@ -130,6 +130,8 @@ def main() -> None:
     p.add_argument("--align-lr-factor", type=float, default=1 / 3)
     p.add_argument("--align-temperature", type=float, default=1.0,
                    help="divisor of the alignment logits (1 = MAS's scale; 192 = the per-channel mean)")
+    p.add_argument("--align-log-std", choices=("nll", "alignment"), default="nll",
+                   help="what sets the posterior log-std in the alignment steps")
     p.add_argument("--kl-weight", type=float, default=0.0)
     p.add_argument("--prior-weight", type=float, default=0.0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
@@ -167,7 +169,7 @@ def main() -> None:
             batch_size=args.batch_size, lr=lr, crop_frames=args.crop_frames, texts=texts[:n_text],
             cache_dir=args.cache_dir or tmp, progress=args.progress, align_weight=args.align_weight,
             align_steps=args.align_steps, align_lr_factor=args.align_lr_factor,
-            align_temperature=args.align_temperature,
+            align_temperature=args.align_temperature, align_log_std=args.align_log_std,
             kl_weight=args.kl_weight, prior_weight=args.prior_weight, precision=args.precision,
             compile=args.compile, flow_precision=args.flow_precision,
         )

@@ -235,6 +235,48 @@ def test_align_steps_add_a_final_alignment_phase(monkeypatch) -> None:
         regrow_fit.FitOptions(align_temperature=0.0)
 
 
+def test_posterior_loss_without_fitting_the_log_std() -> None:
+    """fit_log_std=False: same value, same gradient on the mean, and the log-std gets only the
+    floor hinge's gradient (zero above the floor)."""
+    torch.manual_seed(0)
+    m, z = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    logs = torch.full((2, 3, 5), -0.5)
+    logs[0, 0, 0] = -3.0  # below the floor
+    mask = torch.tensor([[[1, 1, 1, 1, 1]], [[1, 1, 1, 0, 0]]], dtype=torch.float32)
+    grads = []
+    for fit in (True, False):
+        m_q, logs_q = m.clone().requires_grad_(), logs.clone().requires_grad_()
+        loss = regrow_fit.posterior_loss(m_q, logs_q, z, mask, math.log(0.1), fit_log_std=fit)
+        loss.backward()
+        grads.append((loss.item(), m_q.grad, logs_q.grad))
+    (v_fit, gm_fit, gs_fit), (v_fixed, gm_fixed, gs_fixed) = grads
+    assert v_fixed == pytest.approx(v_fit, rel=1e-6)
+    assert torch.allclose(gm_fixed, gm_fit)
+    assert gs_fit.abs().sum() > 0 and gs_fit[0, 1:].abs().sum() > 0
+    hinge_only = torch.zeros_like(gs_fixed)
+    hinge_only[0, 0, 0] = 2 * (-3.0 - math.log(0.1)) / float(mask.sum() * 3)
+    assert torch.allclose(gs_fixed, hinge_only, atol=1e-7)
+
+
+def test_align_log_std_frees_the_log_std_only_in_the_alignment_phase(monkeypatch) -> None:
+    flags: list[bool] = []
+    real = regrow_fit.posterior_loss
+
+    def spy(*args, **kwargs):
+        flags.append(args[5] if len(args) > 5 else kwargs.get("fit_log_std", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regrow_fit, "posterior_loss", spy)
+    report = _regrow_posterior_briefly(align_weight=0.5, align_steps=2, align_log_std="alignment")
+    assert flags == [True, True, True, False, False]
+    assert report.settings["align_log_std"] == "alignment"
+    flags.clear()
+    _regrow_posterior_briefly(align_weight=0.5, align_steps=2)
+    assert flags == [True] * 5
+    with pytest.raises(ValueError, match="align_log_std"):
+        regrow_fit.FitOptions(align_log_std="mean")
+
+
 @pytest.mark.parametrize("kl_weight, expected_calls", [(0.0, 0), (0.5, 3)])
 def test_kl_weight_reaches_the_posterior_fit(monkeypatch, kl_weight, expected_calls) -> None:
     calls = _count_calls(monkeypatch, "kl_loss")

@@ -364,6 +364,7 @@ def regrow(
     align_steps: int = 0,
     align_lr_factor: float = 1 / 3,
     align_temperature: float = 1.0,
+    align_log_std: str = "nll",
     kl_weight: float = 0.0,
     prior_weight: float = 0.0,
     precision: str = "auto",
@@ -400,6 +401,9 @@ def regrow(
         align_lr_factor: learning rate of the final alignment phase relative to the main fit's.
         align_temperature: divisor of the alignment logits (the prior log-likelihood summed
             over channels; 1 = the scale MAS compares tokens on).
+        align_log_std: what sets the posterior's log-std in the alignment steps: "nll" (the
+            teacher-z likelihood, as in the main fit) or "alignment" (the alignment loss on
+            the posterior sample, the sample MAS sees in training; the floor still holds).
         kl_weight: weight of the VITS KL term (teacher alignment) added to the posterior
             encoder's loss; 0 (the default) fits the teacher z alone, which recovered the
             teacher durations as well or better at half the cost per step on the joe voice.
@@ -426,7 +430,8 @@ def regrow(
     device = next(model.parameters()).device
     opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
                       align_weight=align_weight, align_steps=align_steps, align_lr_factor=align_lr_factor,
-                      align_temperature=align_temperature, kl_weight=kl_weight, prior_weight=prior_weight,
+                      align_temperature=align_temperature, align_log_std=align_log_std,
+                      kl_weight=kl_weight, prior_weight=prior_weight,
                       precision=resolve_precision(precision, device), compile=compile,
                       flow_precision=resolve_precision(flow_precision, device), progress=progress)
     noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}

@@ -67,6 +67,11 @@ class FitOptions:
         align_temperature: the alignment logits are the prior log-likelihood summed over
             channels divided by this; 1 is the scale MAS itself compares tokens on, the
             number of latent channels gives the per-channel mean.
+        align_log_std: what sets the posterior ``logs_q`` while the alignment loss is on:
+            "nll" (default) the teacher-z likelihood, as in the main fit, which calibrates the
+            spread to the error of predicting the teacher z; "alignment" the alignment loss
+            (whose posterior sample is what MAS sees in training) and the floor hinge only,
+            the likelihood then treating ``logs_q`` as a constant (:func:`posterior_loss`).
         prior_weight: weight of the :func:`whitened_prior_loss` (the posterior mean pushed
             through the frozen flow, against the teacher ``z_p`` in units of the prior's
             standard deviation) added to the posterior loss.
@@ -94,6 +99,7 @@ class FitOptions:
     align_steps: int = 0
     align_lr_factor: float = 1 / 3
     align_temperature: float = 1.0
+    align_log_std: str = "nll"
     prior_weight: float = 0.0
     segments_per_utterance: int = 2
     precision: str = "auto"
@@ -106,6 +112,8 @@ class FitOptions:
             raise ValueError(f"FitOptions.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.flow_precision not in PRECISIONS:
             raise ValueError(f"FitOptions.flow_precision must be one of {PRECISIONS}, got {self.flow_precision!r}")
+        if self.align_log_std not in ALIGN_LOG_STD:
+            raise ValueError(f"FitOptions.align_log_std must be one of {ALIGN_LOG_STD}, got {self.align_log_std!r}")
         if self.align_steps < 0:
             raise ValueError(f"FitOptions.align_steps must be >= 0, got {self.align_steps}")
         if self.align_temperature <= 0 or self.align_lr_factor <= 0:
@@ -114,6 +122,7 @@ class FitOptions:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ALIGN_LOG_STD = ("nll", "alignment")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -256,14 +265,17 @@ def _pad_stack(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- posterior encoder
 def posterior_loss(m_q: torch.Tensor, logs_q: torch.Tensor, z: torch.Tensor, mask: torch.Tensor,
-                   log_std_floor: float) -> torch.Tensor:
+                   log_std_floor: float, fit_log_std: bool = True) -> torch.Tensor:
     """Masked mean over frames and channels of ``-log N(z; m_q, exp(logs_q))`` plus the hinge
     ``relu(log_std_floor - logs_q)^2``.
 
     Args:
         m_q, logs_q, z: [B, C, T]; mask: [B, 1, T].
+        fit_log_std: False = the likelihood takes ``logs_q`` as a constant (its gradient
+            reaches ``m_q`` only, weighted by the current precision); the floor hinge still acts.
     """
-    nll = 0.5 * math.log(2 * math.pi) + logs_q + 0.5 * (z - m_q) ** 2 * torch.exp(-2.0 * logs_q)  # [B, C, T]
+    s = logs_q if fit_log_std else logs_q.detach()
+    nll = 0.5 * math.log(2 * math.pi) + s + 0.5 * (z - m_q) ** 2 * torch.exp(-2.0 * s)  # [B, C, T]
     hinge = torch.relu(log_std_floor - logs_q) ** 2  # [B, C, T]
     return ((nll + hinge) * mask).sum() / (mask.sum() * m_q.shape[1])
 
@@ -386,7 +398,8 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
     teacher z, plus ``kl_weight`` times the VITS KL (per element) of a posterior sample pushed
     through the frozen flow against the prior along the teacher durations, plus
     ``align_weight`` times the :func:`alignment_loss` of that sample (at every step, or only in
-    a final phase of ``opts.align_steps`` extra steps), plus ``prior_weight`` times the
+    a final phase of ``opts.align_steps`` extra steps; ``opts.align_log_std`` says whether the
+    likelihood or that loss sets ``logs_q`` while it is on), plus ``prior_weight`` times the
     :func:`whitened_prior_loss` of the posterior mean. ``opts.precision`` picks float32 or
     bfloat16 autocast for the encoder's WaveNet stack, ``opts.flow_precision`` the model's flow
     or a frozen bfloat16 copy (:func:`frozen_flow`) for those terms. Returns the loss of every
@@ -406,12 +419,13 @@ def fit_posterior(model: VITS, utts: Sequence[Utterance], params: Sequence[torch
 
     def make_step(align_weight: float) -> Callable[[], torch.Tensor]:
         sampled = opts.kl_weight > 0 or align_weight > 0
+        fit_log_std = not (align_weight > 0 and opts.align_log_std == "alignment")
 
         def step_loss() -> torch.Tensor:
             b = _posterior_batch(model, utts, prior, opts, generator)
             noise = torch.randn(b.z.shape, generator=generator).to(b.z.device) if sampled else torch.zeros_like(b.z)
             post = model.encode_audio(b.spec, b.lengths, b.g, noise=noise)
-            loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor)
+            loss = posterior_loss(post.m_q, post.logs_q, b.z, post.mask, opts.log_std_floor, fit_log_std)
             if opts.prior_weight > 0:
                 with torch.no_grad():
                     z_p_teacher = flow(b.z, post.mask, b.g)
