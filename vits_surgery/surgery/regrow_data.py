@@ -180,13 +180,18 @@ def _lengths(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor([n], device=like.device)
 
 
-def _training_path(model: VITS, u: Utterance, sample: bool, generator: torch.Generator | None):
-    """Posterior encoder, flow and MAS on one utterance: (MAS durations [T_x], KL, mean logs_q)."""
+def _training_path(model: VITS, u: Utterance, noise_scale: float, generator: torch.Generator | None):
+    """Posterior encoder, flow and MAS on one utterance: (MAS durations [T_x], KL, mean logs_q).
+
+    ``noise_scale`` multiplies the posterior sample's noise: 1 = the training path, 0 = the
+    mean (which draws nothing from ``generator``)."""
     from ..losses import kl_loss
+    from ..models.posterior import _standard_normal
 
     g = speaker_vectors(model, [u])
     enc = model.encode_text(u.tokens.unsqueeze(0), _lengths(u.tokens.numel(), u.tokens))
-    noise = None if sample else torch.zeros_like(u.z).unsqueeze(0)
+    like = u.z.unsqueeze(0)  # [1, C, T_y], the posterior's shape
+    noise = torch.zeros_like(like) if noise_scale == 0 else noise_scale * _standard_normal(like, generator)
     post = model.encode_audio(u.spec.unsqueeze(0), _lengths(u.frames, u.spec), g, noise=noise, generator=generator)
     z_p = model.flow(post.z, post.mask, g=g).z  # [1, C, T_y]
     path = model.align(z_p, enc.m_p, enc.logs_p, enc.mask, post.mask)  # [1, T_x, T_y]
@@ -212,8 +217,8 @@ def heldout_metrics(
     sums = {"recovery": 0.0, "recovery_mean": 0.0, "kl": 0.0, "posterior_log_std": 0.0}
     tokens = 0
     for u in utterances:
-        durations, kl, logs_q = _training_path(model, u, True, generator)
-        mean_durations, _, _ = _training_path(model, u, False, generator)
+        durations, kl, logs_q = _training_path(model, u, 1.0, generator)
+        mean_durations, _, _ = _training_path(model, u, 0.0, generator)
         sums["recovery"] += float(((durations - u.durations).abs() <= tolerance).sum())
         sums["recovery_mean"] += float(((mean_durations - u.durations).abs() <= tolerance).sum())
         sums["kl"] += kl / len(utterances)
@@ -232,6 +237,7 @@ def duration_recovery(
     tolerance: int = 1,
     sample: bool = True,
     generator: torch.Generator | None = None,
+    noise_scale: float = 1.0,
 ) -> float:
     """Fraction of tokens whose MAS duration is within ``tolerance`` frames of the teacher's.
 
@@ -244,12 +250,14 @@ def duration_recovery(
         tolerance: frames of slack.
         sample: use a posterior sample (the training path) rather than the mean.
         generator: RNG of the posterior sample.
+        noise_scale: multiplier of the sample's noise (1 = the training path); unused when
+            ``sample`` is False.
     """
     was_training = model.training
     model.eval()
     ok = total = 0
     for u in utterances:
-        durations, _, _ = _training_path(model, u, sample, generator)
+        durations, _, _ = _training_path(model, u, noise_scale if sample else 0.0, generator)
         ok += int(((durations - u.durations).abs() <= tolerance).sum())
         total += durations.numel()
     model.train(was_training)
