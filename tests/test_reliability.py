@@ -582,6 +582,48 @@ def test_infinite_gradient_with_finite_loss_is_skipped(tmp_path: Path) -> None:
     assert torch.equal(param, before)
 
 
+class _PoisonedDiscriminator(SurgicalTrainer):
+    """``discriminator_losses`` returns NaN on the calls listed in ``bad_calls``."""
+
+    bad_calls: frozenset[int] = frozenset()
+    calls = 0
+
+    def discriminator_losses(self, batch, out):
+        losses = super().discriminator_losses(batch, out)
+        if self.calls in self.bad_calls:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        self.calls += 1
+        return losses
+
+
+def test_nonfinite_discriminator_loss_skips_the_whole_window(tmp_path: Path, caplog) -> None:
+    """A GAN plan: a NaN discriminator loss means no optimizer step at all, the generator's included."""
+    plan = SurgeryPlan(train=["decoder"], train_discriminator=True)
+    trainer = _trainer(tmp_path, _PoisonedDiscriminator, plan=plan, save_every=0)
+    trainer.bad_calls = frozenset({1})
+    batches = make_batches()
+    logs = trainer.training_step(batches[0])
+    assert "skipped" not in logs and trainer.step == 1
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    opt_state = {k: sorted(float(st["step"]) for st in o.state.values()) for k, o in trainer.optimizers.items()}
+    lrs = [s.get_last_lr() for s in trainer.schedulers.values()]
+    with caplog.at_level(logging.WARNING, logger="vits_surgery.surgery.trainer"):
+        logs = trainer.training_step(batches[1])
+    assert math.isnan(logs["loss/discriminator"]) and math.isfinite(logs["loss/generator"])
+    assert logs["skipped"] == 1.0 and logs["skipped/generator"] == 1.0 and logs["skipped/discriminator"] == 1.0
+    assert trainer.step == 1 and trainer.skipped_steps == 1
+    assert "update skipped (1 in a row, 1 in total)" in caplog.text
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == []  # neither the decoder nor the discriminator moved
+    assert [s.get_last_lr() for s in trainer.schedulers.values()] == lrs
+    assert {k: sorted(float(st["step"]) for st in o.state.values()) for k, o in trainer.optimizers.items()} == opt_state
+    assert all(p.grad is None for p in trainer.model.parameters())  # nothing carried into the next window
+    logs = trainer.training_step(batches[0])  # the next window trains both again
+    assert "skipped" not in logs and trainer.step == 2
+    moved = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"decoder", "discriminator"}
+
+
 def _failing_writes(monkeypatch, fail_on_call: int) -> list[Path]:
     """Patch the atomic writer: the ``fail_on_call``-th file gets half its bytes, then ENOSPC."""
     real = ckpt.atomic_write

@@ -314,16 +314,13 @@ class SurgicalTrainer:
             with self._autocast():
                 d_losses = self.discriminator_losses(batch, out)
             logs.update(self._backward("discriminator", d_losses, self.discriminator_params, scale))
-            if last:
-                logs.update(self._update("discriminator"))
         if "generator" in self.optimizers:
             with self._autocast():
                 g_losses = self.generator_losses(batch, out)
             logs.update(self._backward("generator", g_losses, self.generator_params, scale))
-            if last:
-                logs.update(self._update("generator"))
         self._micro = 0 if last else self._micro + 1
         if last:
+            logs.update(self._update())
             self._after_update(logs)
         return logs
 
@@ -340,24 +337,42 @@ class SurgicalTrainer:
             self.scaler.scale(total * scale).backward(inputs=params)
         return logs
 
-    def _update(self, name: str) -> dict[str, float]:
-        opt = self.optimizers[name]
-        params = self.generator_params if name == "generator" else self.discriminator_params
-        bad = runtime.all_reduce_gradients(params, self._bad[name], self.world_size)
+    def _update(self) -> dict[str, float]:
+        """Step every optimizer of the window, or none of them.
+
+        Both backward passes run before either optimizer steps (so the generator's adversarial
+        terms see the discriminator of this window, not its update). A non-finite loss or
+        gradient in either network skips the whole window: no optimizer step at all.
+        """
+        names = [n for n in ("discriminator", "generator") if n in self.optimizers]
+        if not self.step_plan.train_discriminator:
+            names = [n for n in names if n != "discriminator"]
         logs: dict[str, float] = {}
+        bad = any([runtime.all_reduce_gradients(self._params_of(n), self._bad[n], self.world_size) for n in names])
+        overflow = False
         if not bad:
-            self.scaler.unscale_(opt)
-            norm = runtime.grad_norm(params, self.config.grad_clip)
-            logs[f"grad_norm/{name}"] = norm
-            bad = not math.isfinite(norm) and not self.scaler.is_enabled()
-        if bad:
-            logs[f"skipped/{name}"] = 1.0
+            for name in names:
+                self.scaler.unscale_(self.optimizers[name])
+                norm = runtime.grad_norm(self._params_of(name), self.config.grad_clip)
+                logs[f"grad_norm/{name}"] = norm
+                overflow = overflow or not math.isfinite(norm)
+        if overflow and self.scaler.is_enabled():
+            # fp16 overflow: no optimizer steps; update() below lowers the scale (normal early on)
+            self._scaler_stepped = bool(names)
+        elif bad or overflow:
+            for name in names:
+                logs[f"skipped/{name}"] = 1.0
         else:
-            self.scaler.step(opt)  # with fp16, skips by itself on inf gradients
-            self._scaler_stepped = True
-        opt.zero_grad(set_to_none=True)
-        self._bad[name] = False
+            for name in names:
+                self.scaler.step(self.optimizers[name])
+            self._scaler_stepped = bool(names)
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+            self._bad[name] = False
         return logs
+
+    def _params_of(self, name: str) -> list[nn.Parameter]:
+        return self.generator_params if name == "generator" else self.discriminator_params
 
     def _after_update(self, logs: dict[str, float]) -> None:
         skipped = any(k.startswith("skipped/") for k in logs)
