@@ -276,7 +276,7 @@ def test_other_cleaners():
 
 def test_get_cleaner_lists_names():
     assert cleaners.get_cleaner("english_cleaners") is cleaners.english_cleaners
-    with pytest.raises(KeyError, match=r"english_cleaner'.*Did you mean 'english_cleaners'.*basic_cleaners"):
+    with pytest.raises(KeyError, match=r"english_cleaner'.*did you mean 'english_cleaners'.*basic_cleaners"):
         cleaners.get_cleaner("english_cleaner")
 
 

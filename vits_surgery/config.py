@@ -11,7 +11,6 @@ unknown keys are an error that names the key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -32,6 +31,7 @@ __all__ = [
     "PRESETS",
     "preset",
 ]
+from ._names import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -410,8 +410,7 @@ def _from_plain(cls: Any, data: dict[str, Any], prefix: str) -> Any:
     unknown = [k for k in data if k not in names]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, names, n=1)
-        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+        hint = did_you_mean(prefix + key, [prefix + n for n in names])
         raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)
@@ -549,8 +548,7 @@ def preset(name: str, **overrides: Any) -> VITSConfig:
         ConfigError: unknown preset (with the closest names) or invalid override.
     """
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, PRESETS, n=3)
         raise ConfigError(f"unknown preset {name!r}{hint} (available: {', '.join(PRESETS)})")
     cfg = PRESETS[name]()
     return cfg.replace(**overrides) if overrides else cfg

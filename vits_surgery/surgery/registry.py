@@ -21,13 +21,14 @@ duration loss never reaches the text encoder.
 
 from __future__ import annotations
 
-import difflib
 import html
 from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from .._names import did_you_mean
 from ..config import VITSConfig
+from ..models.vits import ORGANS
 
 __all__ = [
     "ALIASES",
@@ -62,15 +63,6 @@ WAVEFORM_TERMS = ("gen/mel", "gen/adv", "gen/fm")
 #: Discriminator loss terms.
 DISCRIMINATOR_TERMS = ("disc/real", "disc/fake")
 
-_ORGANS = (
-    "text_encoder",
-    "duration_predictor",
-    "posterior_encoder",
-    "flow",
-    "decoder",
-    "speaker_embedding",
-    "discriminator",
-)
 _BUILTIN_GROUPS = ("generator",)
 
 
@@ -146,7 +138,7 @@ class ComponentRegistry:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.organs: tuple[str, ...] = tuple(
-            name for name in _ORGANS if isinstance(getattr(model, name, None), nn.Module)
+            name for name in ORGANS if isinstance(getattr(model, name, None), nn.Module)
         )
         self.groups: dict[str, tuple[str, ...]] = {
             "generator": tuple(o for o in self.organs if o != "discriminator")
@@ -342,13 +334,12 @@ class ComponentRegistry:
 
     def _unknown(self, name: str) -> None:
         head = name.partition(".")[0]
-        if head in _ORGANS and head not in self.organs:
+        if head in ORGANS and head not in self.organs:
             raise UnknownComponentError(
                 f"this model has no {head!r} (it is built only when the config asks for it); "
                 f"organs present: {', '.join(self.organs)}"
             )
-        close = difflib.get_close_matches(name, list(dict.fromkeys(self._candidates())), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, self._candidates(), n=3)
         raise UnknownComponentError(
             f"unknown component {name!r}{hint} (organs: {', '.join(self.organs)}; "
             f"groups: {', '.join(self.groups)})"

@@ -19,11 +19,11 @@ Registered cleaners (:func:`get_cleaner`):
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections.abc import Callable
 
+from .._names import did_you_mean
 from .numbers import normalize_numbers
 
 __all__ = [
@@ -207,10 +207,9 @@ def get_cleaner(name: str) -> Callable[[str], str]:
     try:
         return CLEANERS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(CLEANERS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, CLEANERS)
         raise KeyError(
-            f"unknown text cleaner {name!r}.{hint} Available: {', '.join(sorted(CLEANERS))}"
+            f"unknown text cleaner {name!r}{hint} (available: {', '.join(sorted(CLEANERS))})"
         ) from None
 
 
