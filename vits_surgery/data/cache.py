@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._files import atomic_write
 
 __all__ = ["CACHE_VERSION", "FeatureCache", "file_digest", "fingerprint"]
 
@@ -94,15 +94,7 @@ class FeatureCache:
     def save(self, kind: str, key: str, entry: dict[str, Any]) -> Path:
         """Atomically write ``entry`` (``version`` and ``key`` are added)."""
         path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = dict(entry, version=CACHE_VERSION, key=key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: torch.save(payload, f), durable=False)
         self.stats[f"{kind}/write"] += 1
         return path
