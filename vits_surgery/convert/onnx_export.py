@@ -147,11 +147,9 @@ def _inference_copy(model: VITS) -> VITS:
         organ = getattr(model, name)
         shell._modules[name] = None if organ is None else copy.deepcopy(organ).float().cpu()
     shell._modules["posterior_encoder"] = shell._modules["discriminator"] = None
-    from ..surgery.lora import lora_layers, remove_lora
+    from ..models.lora import merge_adapters
 
-    if lora_layers(shell):
-        merged = remove_lora(shell, merge=True)
-        logger.info("merged %d LoRA adapters into the exported weights", merged)
+    merge_adapters(shell, "the exported weights")
     own_weight_norm_classes(shell)  # the organs are deep copies: keep the caller's layers intact
     folded = remove_weight_norms(shell)
     logger.debug("folded weight norm of %d layers", folded)

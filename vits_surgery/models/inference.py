@@ -347,11 +347,9 @@ def optimize_for_inference(model: VITS, compile: bool = False) -> InferenceVITS:
 
 
 def _merge_adapters(model: VITS) -> None:
-    from ..surgery.lora import lora_layers, remove_lora
+    from .lora import merge_adapters
 
-    if lora_layers(model):
-        n = remove_lora(model, merge=True)
-        logger.info("optimize_for_inference: merged %d LoRA adapters into the copy", n)
+    merge_adapters(model, "the optimize_for_inference copy")
 
 
 def _swap_fast_organs(model: VITS) -> list[str]:

@@ -26,15 +26,17 @@ a low-rank update of a depthwise kernel can hold more parameters than the kernel
 
 :func:`merge_lora` folds the delta into the effective weight (for a weight-normed layer it
 recomputes ``g`` and ``v`` from the merged weight) and keeps a copy of the base parameters, so
-:func:`unmerge_lora` restores them bit for bit. Adapters are created with
-:func:`inject_lora`; which of them train is decided by the surgery plan (``SurgeryPlan.lora``),
+:func:`unmerge_lora` restores them bit for bit. A merge whose delta is not finite is refused
+(:class:`NonFiniteAdapterError`) before any weight changes. Adapters are created with
+:func:`add_adapter`; which of them train is decided by the surgery plan (``SurgeryPlan.lora``),
 never here.
+
+This module is the mechanism only: which layers an entry of a surgery plan adapts is decided in
+:mod:`vits_surgery.surgery.lora` (:func:`~vits_surgery.surgery.lora.inject_lora`).
 """
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import logging
 import math
 from collections.abc import Mapping
@@ -45,13 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ComponentRegistry
-
 __all__ = [
     "LoRASpec",
     "LoRAState",
     "SUPPORTED_LAYERS",
-    "inject_lora",
+    "merge_adapters",
+    "adapter_refusal",
+    "NonFiniteAdapterError",
     "add_adapter",
     "merge_lora",
     "unmerge_lora",
@@ -175,7 +177,7 @@ def _kind(module: nn.Module) -> str:
     )
 
 
-def _refusal(module: nn.Module) -> str | None:
+def adapter_refusal(module: nn.Module) -> str | None:
     """Why a supported layer cannot take an adapter, or None."""
     groups = getattr(module, "groups", 1)
     if groups != 1:
@@ -259,7 +261,7 @@ def add_adapter(
         ValueError: a grouped/depthwise conv, or the layer already has an adapter.
     """
     kind = _kind(module)
-    why = _refusal(module)
+    why = adapter_refusal(module)
     if why is not None:
         raise ValueError(f"cannot add a LoRA adapter to {name!r}: {why}")
     if getattr(module, _STATE_ATTR, None) is not None:
@@ -278,100 +280,6 @@ def add_adapter(
     state.hook_id = module.register_forward_hook(_forward_hook, with_kwargs=True).id
     object.__setattr__(module, _STATE_ATTR, state)
     return state
-
-
-def _specs_of(plan_or_specs: Any) -> dict[str, LoRASpec]:
-    specs = getattr(plan_or_specs, "lora", plan_or_specs)
-    if not isinstance(specs, Mapping):
-        raise TypeError(f"inject_lora needs a SurgeryPlan or a mapping entry -> LoRASpec, got {type(specs).__name__}")
-    return {str(k): LoRASpec.from_any(v) for k, v in specs.items()}
-
-
-def _select(model: nn.Module, path: str, spec: LoRASpec) -> list[str]:
-    """Full paths of the layers of entry ``path`` that ``spec`` adapts."""
-    root = model.get_submodule(path)
-    inside = [(rel, m) for rel, m in root.named_modules() if isinstance(m, SUPPORTED_LAYERS)]
-    if spec.targets is None:
-        chosen = [(rel, m, rel == "") for rel, m in inside]
-    else:
-        names = [rel for rel, _ in root.named_modules() if rel]
-        chosen = []
-        for pattern in spec.targets:
-            hits = [rel for rel in names if fnmatch.fnmatchcase(rel, pattern)]
-            if not hits:
-                close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise ValueError(f"LoRA target {pattern!r} matches no module of {path!r}{hint}")
-            for rel, m in inside:
-                if any(rel == h or rel.startswith(h + ".") for h in hits):
-                    chosen.append((rel, m, rel in hits))
-    out: list[str] = []
-    for rel, m, direct in chosen:
-        full = f"{path}.{rel}" if rel else path
-        why = _refusal(m)
-        if why is not None and direct:
-            raise ValueError(f"cannot add a LoRA adapter to {full!r}: {why}")
-        if why is not None:
-            logger.info("LoRA: skipping %s (%s)", full, why.split(";")[0])
-        elif full not in out:
-            out.append(full)
-    if not out:
-        raise ValueError(f"LoRA entry {path!r} (targets={spec.targets}) selects no layer that can take an adapter")
-    return out
-
-
-def inject_lora(
-    model: nn.Module,
-    plan_or_specs: Any,
-    registry: ComponentRegistry | None = None,
-    generator: torch.Generator | None = None,
-) -> list[str]:
-    """Add adapters to the layers a plan's ``lora`` entries select.
-
-    Layers that already carry an adapter of the same rank and alpha are kept as they are (so
-    calling this twice, or resolving a plan after injecting, changes nothing).
-
-    Args:
-        model: the model (usually :class:`~vits_surgery.models.vits.VITS`).
-        plan_or_specs: a :class:`~vits_surgery.surgery.plan.SurgeryPlan` (its ``lora`` field) or a
-            mapping entry -> :class:`LoRASpec` (or dict, or rank). Entries are organs, aliases,
-            sub-organ paths or groups, resolved by the registry.
-        registry: the model's registry (needed for user groups); built if None.
-        generator: RNG of the ``lora_a`` initialisation.
-
-    Returns:
-        Paths of the adapted layers of every entry, in model order.
-
-    Raises:
-        ValueError: a grouped conv selected directly, a target that matches nothing, a
-            discriminator entry, or a layer already adapted with another rank/alpha.
-    """
-    registry = registry or ComponentRegistry(model)
-    adapted: list[str] = []
-    for entry, spec in _specs_of(plan_or_specs).items():
-        for path in registry.resolve(entry):
-            if registry.organ_of(path) == "discriminator":
-                raise ValueError(f"LoRA entry {entry!r}: adapters on the discriminator are not supported")
-            try:
-                model.get_submodule(path)
-            except AttributeError:
-                raise ValueError(f"LoRA entry {entry!r} names a parameter ({path!r}); name a module") from None
-            for full in _select(model, path, spec):
-                module = model.get_submodule(full)
-                state = getattr(module, _STATE_ATTR, None)
-                if state is None:
-                    add_adapter(module, spec, full, generator)
-                elif (state.rank, state.alpha) != (spec.rank, float(spec.alpha)):
-                    raise ValueError(
-                        f"{full!r} already has a LoRA adapter of rank {state.rank}, alpha {state.alpha}; "
-                        f"entry {entry!r} asks for rank {spec.rank}, alpha {spec.alpha}"
-                    )
-                if full not in adapted:
-                    adapted.append(full)
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    adapted.sort(key=order.__getitem__)
-    logger.info("LoRA: %d layers adapted", len(adapted))
-    return adapted
 
 
 # ----------------------------------------------------------------------------- queries
@@ -428,6 +336,21 @@ def _base_parameter_names(module: nn.Module) -> list[str]:
     return ["weight"]
 
 
+class NonFiniteAdapterError(ValueError):
+    """An adapter's update holds NaN or inf: merging it would poison the base weights."""
+
+
+@torch.no_grad()
+def _check_finite(model: nn.Module, layers: Mapping[str, nn.Module]) -> None:
+    """Raise :class:`NonFiniteAdapterError` naming the adapters whose update is not finite."""
+    bad = [name for name, m in layers.items() if not bool(torch.isfinite(_delta(m, lora_state(m).kind)).all())]
+    if bad:
+        raise NonFiniteAdapterError(
+            f"LoRA adapters with NaN/inf factors: {', '.join(bad)}; nothing was merged (remove them with "
+            "remove_lora(model, merge=False), or retrain)"
+        )
+
+
 @torch.no_grad()
 def _merge_one(module: nn.Module) -> None:
     state = lora_state(module)
@@ -468,13 +391,15 @@ def merge_lora(model: nn.Module) -> int:
 
     Returns:
         Number of layers merged.
+
+    Raises:
+        NonFiniteAdapterError: an adapter's update holds NaN or inf (no layer is merged).
     """
-    count = 0
-    for module in lora_layers(model).values():
-        if not lora_state(module).merged:
-            _merge_one(module)
-            count += 1
-    return count
+    pending = {n: m for n, m in lora_layers(model).items() if not lora_state(m).merged}
+    _check_finite(model, pending)
+    for module in pending.values():
+        _merge_one(module)
+    return len(pending)
 
 
 def unmerge_lora(model: nn.Module) -> int:
@@ -504,12 +429,15 @@ def remove_lora(model: nn.Module, merge: bool = True, layers: list[str] | None =
 
     Raises:
         ValueError: a named layer has no adapter.
+        NonFiniteAdapterError: ``merge`` and an adapter's update holds NaN or inf (nothing changes).
     """
     found = lora_layers(model)
     missing = [n for n in layers or () if n not in found]
     if missing:
         raise ValueError(f"no LoRA adapter on {', '.join(repr(n) for n in missing)}")
     layers = found if layers is None else {n: found[n] for n in layers}
+    if merge:
+        _check_finite(model, {n: m for n, m in layers.items() if not lora_state(m).merged})
     for name, module in layers.items():
         state = lora_state(module)
         if merge and not state.merged:
@@ -524,3 +452,19 @@ def remove_lora(model: nn.Module, merge: bool = True, layers: list[str] | None =
             delattr(module, factor)
         object.__delattr__(module, _STATE_ATTR)
     return len(layers)
+
+
+def merge_adapters(model: nn.Module, what: str = "the copy") -> int:
+    """Merge and remove every LoRA adapter of an inference copy (no adapter: nothing happens).
+
+    The one step that :func:`~vits_surgery.models.inference.optimize_for_inference` and the
+    ONNX export share before they fold weight norm.
+
+    Returns:
+        Number of adapters merged.
+    """
+    if not lora_layers(model):
+        return 0
+    merged = remove_lora(model, merge=True)
+    logger.info("merged %d LoRA adapters into %s", merged, what)
+    return merged

@@ -31,7 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lora import LoRASpec, add_adapter, is_lora_key, lora_layers, lora_state, remove_lora, set_lora_strength
+from .lora import (
+    LoRASpec,
+    NonFiniteAdapterError,
+    add_adapter,
+    is_lora_key,
+    lora_layers,
+    lora_state,
+    remove_lora,
+    set_lora_strength,
+)
 from .registry import ComponentRegistry
 
 __all__ = [
@@ -141,7 +150,7 @@ class Patch:
         """Write one ``.safetensors`` file atomically; returns its path."""
         from safetensors.torch import save as st_save
 
-        from ..checkpoint import atomic_write
+        from .._files import atomic_write
 
         tensors = {f"weights/{k}": v for k, v in self.weights.items()}
         tensors.update({f"lora/{k}": v for k, v in self.lora.items()})
@@ -338,6 +347,16 @@ def _check_fit(model: nn.Module, patches: list[Patch], record: _Record | None, a
     return fingerprint
 
 
+def _check_finite(patches: list[Patch]) -> None:
+    """Refuse patches with NaN/inf tensors before any of them touches the model."""
+    for i, p in enumerate(patches):
+        bad = [k for k, v in {**p.weights, **p.lora}.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteAdapterError(
+                f"patch {i} holds NaN/inf in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: nothing was applied"
+            )
+
+
 @torch.no_grad()
 def _apply_weights(model: nn.Module, patch: Patch, alpha: float, record: _Record) -> None:
     state = model.state_dict()
@@ -386,6 +405,7 @@ def apply_patch(
     Raises:
         PatchMismatchError: a patch was made from another voice (both fingerprints are named),
             or patches collide.
+        NonFiniteAdapterError: a patch holds NaN or inf (nothing is applied).
         ValueError: alpha outside [0, 1].
     """
     items = [patch] if isinstance(patch, (Patch, str, Path)) else list(patch)
@@ -393,6 +413,7 @@ def apply_patch(
     alphas = _check_alphas(patches, alpha)
     record: _Record | None = getattr(model, _RECORD_ATTR, None)
     fingerprint = _check_fit(model, patches, record, allow_overlap)
+    _check_finite(patches)
     record = record or _Record(fingerprint)
     for p, a in zip(patches, alphas, strict=True):
         _apply_weights(model, p, a, record)
