@@ -5,8 +5,9 @@ posterior encoder, no posterior flows of the stochastic duration predictor (nor 
 ConvFlow, which inference skips) and no discriminator, yet surgery needs them. :func:`regrow`
 re-creates them and trains only them, everything else frozen, on speech the voice itself
 synthesizes, where teacher forcing is exact: the latent ``z`` fed to the decoder and the
-integer durations of every utterance are known (:mod:`~vits_surgery.surgery.regrow_data`).
-The loops are in :mod:`~vits_surgery.surgery.regrow_fit`:
+integer durations of every utterance are known (:mod:`~vits_surgery.regrowth.teacher`).
+The loops are in :mod:`~vits_surgery.regrowth.fit`, the held-out checks in
+:mod:`~vits_surgery.regrowth.metrics`:
 
 - ``posterior_encoder``: Gaussian NLL of the teacher ``z`` given the spectrogram of the
   synthesized audio, with a floor on ``logs_q`` (the teacher ``z`` is nearly a function of
@@ -18,11 +19,12 @@ The loops are in :mod:`~vits_surgery.surgery.regrow_fit`:
   posterior's sample of ``z`` for the same segments.
 
 Results are cached (:func:`cache_root`) under a fingerprint of the weights the regrowth
-reads and of its settings, so a second call only loads the regrown tensors.
+reads, the token ids it synthesizes, its options, the library and torch versions and the
+device, so a second call only loads the regrown tensors.
 
 Example:
     >>> model, report = vits_surgery.load("en_US-joe-medium.onnx", return_report=True)  # doctest: +SKIP
-    >>> result = vits_surgery.regrow(model, report=report)  # doctest: +SKIP
+    >>> result = vits_surgery.regrow(model, report=report, options=RegrowOptions.thorough())  # doctest: +SKIP
     >>> print(result.summary())  # doctest: +SKIP
 """
 
@@ -32,9 +34,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,55 +44,32 @@ from typing import Any
 
 import torch
 
+from .._deprecated import REMOVED_IN
 from ..models.vits import VITS
-from .freeze import apply_plan, release_plan
-from .plan import SurgeryPlan
-from .regrow_data import (
-    Utterance,
-    default_texts,
-    duration_recovery,
-    heldout_metrics,
-    synthesize_utterances,
-    tokenize_texts,
-)
-from .regrow_fit import FITTERS, FitOptions, resolve_precision, sdp_nll_per_token
+from ..surgery.freeze import apply_plan, preserved, release_plan
+from ..surgery.plan import SurgeryPlan
+from .fit import FITTERS
+from .metrics import heldout_metrics, sdp_nll_per_token
+from .options import DEFAULT_LR, DEFAULT_STEPS, REGROWABLE, RegrowOptions
+from .teacher import default_texts, synthesize_utterances, tokenize_texts
 
 __all__ = [
     "REGROWABLE",
     "DEFAULT_STEPS",
     "DEFAULT_LR",
+    "RegrowOptions",
     "RegrowReport",
-    "Utterance",
     "regrow",
-    "synthesize_utterances",
-    "duration_recovery",
     "organs_from_report",
-    "default_texts",
     "cache_root",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Regrowable organ -> the module paths it re-creates and trains.
-REGROWABLE: dict[str, tuple[str, ...]] = {
-    "posterior_encoder": ("posterior_encoder",),
-    "duration_posterior": tuple(
-        f"duration_predictor.{n}" for n in ("post_pre", "post_proj", "post_convs", "post_flows", "flows.1")
-    ),
-    "discriminator": ("discriminator",),
-}
 _ORGAN_ALIASES = {"enc_q": "posterior_encoder", "duration_predictor": "duration_posterior",
                   "dp": "duration_posterior", "disc": "discriminator", "net_d": "discriminator"}
-
-#: Default optimizer steps per organ (a joe-sized voice on a CPU; docs/benchmarks.md).
-DEFAULT_STEPS = {"posterior_encoder": 400, "duration_posterior": 300, "discriminator": 100}
-#: Default AdamW learning rates per organ.
-DEFAULT_LR = {"posterior_encoder": 3e-3, "duration_posterior": 1e-3, "discriminator": 2e-4}
-DEFAULT_N_UTTERANCES = 120
-HELDOUT_FRACTION = 0.1
-"""Held-out utterances per training utterance (at least 2) for the recovery metric."""
-LOG_STD_FLOOR = math.log(0.1)
-"""Default floor of the regrown posterior's ``logs_q``."""
+#: Bumped when what a cache entry holds changes (3: phoneme-token metrics, versions and device in the key).
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -107,12 +86,15 @@ class RegrowReport:
         cpu_seconds: CPU time of the process (all threads) for the same parts; on a shared
             machine this is the steadier measure.
         wall_time: total seconds of the call (the cache lookup only, on a hit).
-        duration_recovery: fraction of held-out phonemes whose MAS duration (regrown
-            posterior) is within one frame of the teacher's; None if not measured.
+        duration_recovery: fraction of held-out phoneme tokens (blank, BOS and EOS left out)
+            whose MAS duration (regrown posterior, a sample as in training) is within one frame
+            of the teacher's; None if not measured.
         duration_recovery_before: the same with the posterior encoder before regrowth.
-        metrics: held-out checks: ``recovery`` / ``recovery_mean`` (posterior sample / mean),
-            ``kl`` (the VITS KL term fine-tuning would start from), ``posterior_log_std``
-            (mean ``logs_q``), ``sdp_nll_before`` / ``sdp_nll`` (SDP NLL per token).
+        metrics: held-out checks (:func:`~vits_surgery.regrowth.metrics.heldout_metrics`):
+            ``recovery_phonemes`` / ``recovery_all_tokens`` (posterior sample),
+            ``recovery_mean_phonemes`` / ``recovery_mean_all_tokens`` (posterior mean), ``kl``
+            (the VITS KL term fine-tuning would start from), ``posterior_log_std`` (mean
+            ``logs_q``), ``sdp_nll_before`` / ``sdp_nll`` (SDP NLL per token).
         n_utterances: training utterances; n_heldout: evaluation utterances.
         settings: everything the cache key covers.
         cached: loaded from the cache; cache_path: the cache file.
@@ -158,8 +140,8 @@ class RegrowReport:
             )
         if self.duration_recovery is not None:
             before = "" if self.duration_recovery_before is None else f" (before: {self.duration_recovery_before:.1%})"
-            lines.append(f"  duration recovery (+-1 frame): {self.duration_recovery:.1%}{before}")
-        shown = {k: v for k, v in self.metrics.items() if k != "recovery"}
+            lines.append(f"  duration recovery, phoneme tokens (+-1 frame): {self.duration_recovery:.1%}{before}")
+        shown = {k: v for k, v in self.metrics.items() if k != "recovery_phonemes"}
         if shown:
             lines.append("  held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
         return "\n".join(lines)
@@ -202,7 +184,6 @@ def _resolve_organs(model: VITS, organs: Sequence[str] | str | None, report: Any
     return tuple(o for o in REGROWABLE if o in chosen)
 
 
-
 # ----------------------------------------------------------------------------- cache
 def cache_root() -> Path:
     """``$VITS_SURGERY_CACHE/regrow`` (default ``~/.cache/vits_surgery/regrow``)."""
@@ -218,12 +199,22 @@ def _regrown_keys(model: VITS, organs: Sequence[str]) -> list[str]:
     return [k for k in model.state_dict() if _under(k, paths)]
 
 
+def _read_paths(model: VITS, organs: Sequence[str]) -> list[str]:
+    """Module paths whose weights a regrowth of ``organs`` never reads: the regrown organs
+    (re-initialised), the discriminator unless it regrows (nothing else reads it) and the
+    duration posterior unless it regrows (inference skips it; its metric runs only then). The
+    posterior encoder, when it does not regrow, is read: by the held-out metrics and the
+    discriminator's fakes."""
+    skip = [p for o in organs for p in REGROWABLE[o]]
+    for organ in ("discriminator", "duration_posterior"):
+        if organ not in organs:
+            skip += list(REGROWABLE[organ])
+    return skip
+
+
 def _fingerprint(model: VITS, organs: Sequence[str], settings: Mapping[str, Any]) -> str:
-    """sha256 of the tensors the regrowth reads (the inference path, plus the posterior
-    encoder when only the discriminator regrows) and of the settings."""
-    skip = [p for o in REGROWABLE for p in REGROWABLE[o]]
-    if "discriminator" in organs and "posterior_encoder" not in organs:
-        skip.remove("posterior_encoder")
+    """sha256 of the tensors the regrowth reads (see :func:`_read_paths`) and of the settings."""
+    skip = _read_paths(model, organs)
     digest = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         if _under(key, skip):
@@ -231,7 +222,7 @@ def _fingerprint(model: VITS, organs: Sequence[str], settings: Mapping[str, Any]
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{key}:{flat.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -261,14 +252,14 @@ def _load_cached(model: VITS, path: Path, organs: Sequence[str]) -> RegrowReport
 
 
 def _save_cached(model: VITS, path: Path, organs: Sequence[str], report: RegrowReport) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from .._files import atomic_write
 
     state = model.state_dict()
     tensors = {k: state[k].detach().cpu().contiguous().clone() for k in _regrown_keys(model, organs)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"regrow_report": json.dumps(report.to_dict())})
-    os.replace(tmp, path)
+    blob = save(tensors, metadata={"regrow_report": json.dumps(report.to_dict())})
+    atomic_write(path, lambda f: f.write(blob), durable=False)
 
 
 # ----------------------------------------------------------------------------- regrow
@@ -295,18 +286,24 @@ def _reinit(model: VITS, organs: Sequence[str], seed: int) -> None:
         state[key].copy_(fresh[key])
 
 
-def _settings(model: VITS, organs, steps, lrs, n_train: int, texts: Sequence[str], generator, opts) -> dict:
+def _settings(model: VITS, organs, steps, lrs, tokens: Sequence[Sequence[int]], n_train: int, generator,
+              opts: RegrowOptions, device: torch.device) -> dict:
+    from .. import __version__
+
     return {
-        "version": 2,  # 2: the discriminator pool sized to its steps
+        "version": CACHE_VERSION,
+        "library": __version__,
+        "torch": torch.__version__,
+        "device": str(device),
         "organs": list(organs),
         "steps": steps,
         "lr": lrs,
         "n_utterances": n_train,
-        "n_heldout": len(texts) - n_train,
-        "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        "n_heldout": len(tokens) - n_train,
+        "tokens": hashlib.sha256(json.dumps([list(map(int, t)) for t in tokens]).encode()).hexdigest(),
         "generator": hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest(),
         "config": hashlib.sha256(model.config.to_json().encode()).hexdigest(),
-        **opts,
+        **{k: v for k, v in opts.cache_settings().items() if k not in ("steps", "lr", "n_utterances", "n_heldout")},
     }
 
 
@@ -321,7 +318,7 @@ def _texts(texts: Sequence[str] | None, n_train: int, n_heldout: int) -> list[st
     return texts[: n_train + n_heldout]
 
 
-def _train_organs(model: VITS, organs, steps, lrs, train, opts: FitOptions, generator, result: RegrowReport) -> None:
+def _train_organs(model: VITS, organs, steps, lrs, train, opts: RegrowOptions, generator, result: RegrowReport) -> None:
     for organ in organs:
         if steps[organ] <= 0:
             continue
@@ -341,117 +338,95 @@ def _train_organs(model: VITS, organs, steps, lrs, train, opts: FitOptions, gene
                     result.seconds[organ], result.losses[organ]["first"], result.losses[organ]["last"])
 
 
+#: regrow() keywords that became RegrowOptions fields (deprecated: pass options=).
+_OPTION_KEYWORDS = ("n_utterances", "steps", "batch_size", "lr", "n_heldout", "crop_frames", "log_std_floor",
+                    "noise_scale", "noise_scale_w", "align_weight", "align_steps", "align_lr_factor",
+                    "align_log_std", "precision")
+#: regrow() keywords of experiments that lost (now in benchmarks/regrow_terms.py) -> their old default.
+_REMOVED_KEYWORDS = {"kl_weight": 0.0, "prior_weight": 0.0, "align_temperature": 1.0, "compile": False,
+                     "flow_precision": "fp32"}
+
+
+def _options_from(options: RegrowOptions | None, legacy: Mapping[str, Any]) -> RegrowOptions:
+    """``options`` with the deprecated keywords of :func:`regrow` folded in (each warns once)."""
+    options = options if options is not None else RegrowOptions()
+    changes = {}
+    for key, value in legacy.items():
+        if key in _REMOVED_KEYWORDS:
+            if value != _REMOVED_KEYWORDS[key]:
+                raise TypeError(
+                    f"regrow({key}=...) was removed: it is an experiment, reproducible through "
+                    "RegrowOptions(extra_terms=...) with the terms in benchmarks/regrow_terms.py"
+                )
+            warnings.warn(f"regrow({key}=...) is ignored and will be an error in vits_surgery {REMOVED_IN}",
+                          DeprecationWarning, stacklevel=3)
+        elif key in _OPTION_KEYWORDS:
+            warnings.warn(f"regrow({key}=...) is deprecated and will be removed in vits_surgery {REMOVED_IN}; "
+                          f"use regrow(..., options=RegrowOptions({key}=...))", DeprecationWarning, stacklevel=3)
+            changes[key] = value
+        else:
+            raise TypeError(f"regrow() got an unexpected keyword argument {key!r}")
+    return options.replace(**changes) if changes else options
+
+
 def regrow(
     model: VITS,
     organs: Sequence[str] | str | None = None,
-    n_utterances: int = DEFAULT_N_UTTERANCES,
-    steps: int | Mapping[str, int] | None = None,
-    batch_size: int = 8,
-    lr: float | Mapping[str, float] | None = None,
-    cache_dir: str | Path | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
+    options: RegrowOptions | None = None,
     *,
     texts: Sequence[str] | None = None,
     report: Any = None,
-    n_heldout: int | None = None,
-    crop_frames: int = 64,
-    log_std_floor: float = LOG_STD_FLOOR,
-    noise_scale: float = 0.667,
-    noise_scale_w: float = 0.8,
+    generator: torch.Generator | None = None,
+    cache_dir: str | Path | None = None,
     use_cache: bool = True,
-    align_weight: float = 0.0,
-    align_steps: int = 0,
-    align_lr_factor: float = 1 / 3,
-    align_temperature: float = 1.0,
-    align_log_std: str = "nll",
-    kl_weight: float = 0.0,
-    prior_weight: float = 0.0,
-    precision: str = "auto",
-    compile: bool = False,
-    flow_precision: str = "fp32",
+    progress: bool | None = None,
+    **deprecated: Any,
 ) -> RegrowReport:
     """Re-create and train the organs an inference-only voice lacks; everything else frozen.
 
     Args:
-        model: the voice (modified in place; left in eval mode, ``requires_grad`` as it was;
-            a surgery plan applied before is released).
+        model: the voice (its regrown organs change in place; train/eval flags,
+            ``requires_grad`` and a surgery plan applied before are as they were).
         organs: among ``posterior_encoder``, ``duration_posterior`` (SDP ``post_*`` and
             ``flows.1``), ``discriminator``; default: those ``report`` lists as created, or all.
-        n_utterances: synthesized training utterances (plus ``n_heldout`` for evaluation).
-        steps: optimizer steps, one number or per organ (default :data:`DEFAULT_STEPS`).
-        batch_size: crops / sequences / segments per step.
-        lr: AdamW learning rate, one number or per organ (default :data:`DEFAULT_LR`).
-        cache_dir: cache folder (default :func:`cache_root`).
-        generator: RNG of all draws (default: seeded with 0, so results are reproducible).
-        progress: tqdm bars.
-        texts: sentences to synthesize (default :func:`default_texts`); the first
-            ``n_utterances`` train, the next ``n_heldout`` evaluate.
+        options: what the regrowth does (:class:`RegrowOptions`; default
+            :meth:`RegrowOptions.quick`, :meth:`RegrowOptions.thorough` for the longest recipe).
+        texts: sentences to synthesize (default :func:`~vits_surgery.regrowth.teacher.default_texts`);
+            the first ``options.n_utterances`` train, the next ``options.n_heldout`` evaluate.
         report: the :class:`~vits_surgery.convert.report.ConversionReport` of the load.
-        n_heldout: evaluation utterances (default: a tenth of ``n_utterances``, at least 2).
-        crop_frames: spectrogram frames per posterior-encoder crop.
-        log_std_floor: hinge floor of the posterior ``logs_q``.
-        noise_scale, noise_scale_w: synthesis noise.
+        generator: RNG of all draws (default: seeded with 0, so results are reproducible).
+        cache_dir: cache folder (default :func:`cache_root`).
         use_cache: look up and store the result in the cache.
-        align_weight: weight of the alignment loss added to the posterior encoder's loss
-            (:func:`~vits_surgery.surgery.regrow_fit.alignment_loss`).
-        align_steps: 0 = that loss at every posterior step; > 0 = only in a final phase of
-            this many extra steps after the main fit (at ``align_lr_factor`` times its learning
-            rate), which is where it paid off on the joe voice (docs/benchmarks.md).
-        align_lr_factor: learning rate of the final alignment phase relative to the main fit's.
-        align_temperature: divisor of the alignment logits (the prior log-likelihood summed
-            over channels; 1 = the scale MAS compares tokens on).
-        align_log_std: what sets the posterior's log-std in the alignment steps: "nll" (the
-            teacher-z likelihood, as in the main fit) or "alignment" (the alignment loss on
-            the posterior sample, the sample MAS sees in training; the floor still holds).
-        kl_weight: weight of the VITS KL term (teacher alignment) added to the posterior
-            encoder's loss; 0 (the default) fits the teacher z alone, which recovered the
-            teacher durations as well or better at half the cost per step on the joe voice.
-        prior_weight: weight of the whitened prior-path loss added to the posterior
-            encoder's loss (:func:`~vits_surgery.surgery.regrow_fit.whitened_prior_loss`).
-        precision: "auto" (default: bfloat16 autocast of the posterior encoder's WaveNet stack
-            where the CPU has native bfloat16 units, else float32), "fp32" or "bf16".
-        compile: ``torch.compile`` the posterior encoder's WaveNet stack while it trains.
-        flow_precision: dtype of the frozen flow the KL, alignment and prior terms run the
-            posterior through: "fp32" (default, the model's flow), "bf16" (a frozen bfloat16
-            copy, weight norm folded; the model's flow is untouched; measured no faster on the
-            joe voice) or "auto" (bf16 where ``precision="auto"`` would pick it).
+        progress: tqdm bars (overrides ``options.progress``).
+        **deprecated: the keywords that are now :class:`RegrowOptions` fields (``n_utterances``,
+            ``steps``, ``lr``, ...) still work for one release, with a ``DeprecationWarning``.
 
     Returns:
         :class:`RegrowReport` (losses, times, duration recovery on held-out utterances).
     """
     start = time.perf_counter()
+    opts = _options_from(options, deprecated)
+    if progress is not None:
+        opts = opts.replace(progress=progress)
     organs = _resolve_organs(model, organs, report)
-    steps_map = _per_organ(steps, DEFAULT_STEPS, organs, "steps")
-    lr_map = _per_organ(lr, DEFAULT_LR, organs, "lr")
+    steps_map = _per_organ(opts.steps, DEFAULT_STEPS, organs, "steps")
+    lr_map = _per_organ(opts.lr, DEFAULT_LR, organs, "lr")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    n_heldout = max(2, round(HELDOUT_FRACTION * n_utterances)) if n_heldout is None else n_heldout
-    all_texts = _texts(texts, n_utterances, n_heldout)
+    n_train, n_heldout = opts.n_utterances, opts.heldout()
+    tokens = tokenize_texts(model, _texts(texts, n_train, n_heldout))
     device = next(model.parameters()).device
-    opts = FitOptions(batch_size=batch_size, crop_frames=crop_frames, log_std_floor=log_std_floor,
-                      align_weight=align_weight, align_steps=align_steps, align_lr_factor=align_lr_factor,
-                      align_temperature=align_temperature, align_log_std=align_log_std,
-                      kl_weight=kl_weight, prior_weight=prior_weight,
-                      precision=resolve_precision(precision, device), compile=compile,
-                      flow_precision=resolve_precision(flow_precision, device), progress=progress)
-    noise = {"noise_scale": noise_scale, "noise_scale_w": noise_scale_w}
-    settings = _settings(model, organs, steps_map, lr_map, n_utterances, all_texts, generator,
-                         {**asdict(opts), **noise, "progress": None})
+    settings = _settings(model, organs, steps_map, lr_map, tokens, n_train, generator, opts, device)
     path = Path(cache_dir) if cache_dir is not None else cache_root()
     path = path / f"{_fingerprint(model, organs, settings)}.safetensors"
     if use_cache and path.is_file() and (hit := _load_cached(model, path, organs)) is not None:
         hit.wall_time = time.perf_counter() - start
         logger.info("regrow: loaded %s from the cache %s", ", ".join(organs), path)
         return hit
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        result = _regrow_uncached(model, organs, steps_map, lr_map, all_texts, n_utterances, opts, noise, generator)
-    finally:
-        release_plan(model)
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
-        model.train(was_training)
+    with preserved(model):
+        try:
+            result = _regrow_uncached(model, organs, steps_map, lr_map, tokens, n_train, opts, generator)
+        finally:
+            release_plan(model)
     result.settings = settings
     result.wall_time = time.perf_counter() - start
     if use_cache:
@@ -469,16 +444,16 @@ def _timed(result: RegrowReport, name: str) -> Iterator[None]:
     result.cpu_seconds[name] = time.process_time() - cpu
 
 
-def _regrow_uncached(model: VITS, organs, steps, lrs, texts, n_train: int, opts: FitOptions, noise, generator):
+def _regrow_uncached(model: VITS, organs, steps, lrs, tokens, n_train: int, opts: RegrowOptions, generator):
     result = RegrowReport(organs=tuple(organs))
     model.eval()
     with _timed(result, "synthesis"):
-        tokens = tokenize_texts(model, texts)
-        utts = synthesize_utterances(model, tokens, generator=generator, progress=opts.progress, **noise)
+        utts = synthesize_utterances(model, tokens, noise_scale=opts.noise_scale, noise_scale_w=opts.noise_scale_w,
+                                     generator=generator, progress=opts.progress)
     train, heldout = utts[:n_train], utts[n_train:]
     result.n_utterances, result.n_heldout = len(train), len(heldout)
     if "posterior_encoder" in organs and heldout:
-        result.duration_recovery_before = duration_recovery(model, heldout, generator=generator)
+        result.duration_recovery_before = heldout_metrics(model, heldout, generator=generator)["recovery_phonemes"]
     if "duration_posterior" in organs and heldout:
         with torch.no_grad():
             result.metrics["sdp_nll_before"] = float(sdp_nll_per_token(model, heldout, generator=generator))
@@ -487,7 +462,7 @@ def _regrow_uncached(model: VITS, organs, steps, lrs, texts, n_train: int, opts:
     with _timed(result, "evaluation"):
         if heldout:
             result.metrics.update(heldout_metrics(model, heldout, generator=generator))
-            result.duration_recovery = result.metrics["recovery"]
+            result.duration_recovery = result.metrics["recovery_phonemes"]
             if "duration_posterior" in organs:
                 with torch.no_grad():
                     result.metrics["sdp_nll"] = float(sdp_nll_per_token(model, heldout, generator=generator))

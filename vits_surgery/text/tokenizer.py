@@ -108,6 +108,17 @@ class Tokenizer:
         return self._special_id(self.cfg.pad or _PIPER_PAD, "pad")
 
     @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids that stand for no symbol of the text: the interleaved blank, BOS and EOS."""
+        cfg = self.cfg
+        out = {self.blank_id} if cfg.add_blank else set()
+        if cfg.style == "piper":
+            out |= {self._special_id(cfg.bos or _PIPER_BOS, "bos"), self._special_id(cfg.eos or _PIPER_EOS, "eos")}
+        elif cfg.use_bos_eos:
+            out |= {self._special_id(cfg.bos, "bos"), self._special_id(cfg.eos, "eos")}
+        return frozenset(out)
+
+    @property
     def vocab_size(self) -> int:
         """Rows a text-encoder embedding needs (largest id + 1)."""
         return 1 + max(i for ids in self.id_map.values() for i in ids)
