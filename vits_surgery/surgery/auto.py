@@ -10,15 +10,13 @@ with L the full training loss on the new (donor) data. Parts with a large RGN ar
 whose adaptation the donor's data asks for; Auto-RGN trains those, each at a learning rate
 proportional to its RGN normalised by the largest.
 
-:func:`relative_gradient_norms` computes it with the trainer's own loss path: a
-:class:`~vits_surgery.surgery.trainer.SurgicalTrainer` built on a plan that trains every
-generator organ (the discriminator stays frozen: it is scored but not ranked) runs
-:meth:`~vits_surgery.surgery.trainer.SurgicalTrainer.forward_generator` and
-:meth:`~vits_surgery.surgery.trainer.SurgicalTrainer.generator_losses` in training mode on a
-few donor batches; the gradients of the weighted total are taken with
+:func:`relative_gradient_norms` computes it with the trainer's own loss path: the
+:class:`~vits_surgery.surgery.step.LossPath` of a plan that trains every generator organ (the
+discriminator stays frozen: it is scored but not ranked) runs its forward and generator losses
+in training mode on a few donor batches; the gradients of the weighted total are taken with
 ``torch.autograd.grad`` (no ``.grad`` is written, no optimizer steps). Afterwards the model's
-parameters, ``requires_grad`` flags, train/eval flags and any applied plan are as before, and
-the global RNG streams are untouched.
+parameters, ``requires_grad`` flags, train/eval flags and any applied plan are as before
+(:func:`~vits_surgery.surgery.freeze.preserved`), and the global RNG streams are untouched.
 
 Per batch b and tensor t the gradient norm ``||g_bt||`` is recorded; the reported gradient
 norm is its mean over batches and ``RGN_t = mean_b ||g_bt|| / ||θ_t||`` (parameters do not
@@ -33,7 +31,7 @@ Example::
     report = relative_gradient_norms(model, donor_loader, n_batches=4)
     print(report)                               # ranked organ and sub-organ tables
     plan = plan_from_rgn(report, top_k=2, scale_lr=True)
-    plan = SurgeryPlan.auto(model, donor_loader, top_k=2)    # the same in one call
+    plan = auto_plan(model, donor_loader, top_k=2)    # the same in one call
 """
 
 from __future__ import annotations
@@ -51,11 +49,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._deprecated import warn_renamed
 from ..batch import Batch
-from ..losses import DEFAULT_WEIGHTS, weighted_total
-from . import freeze
+from ..losses import DEFAULT_WEIGHTS
+from .freeze import apply_resolved, preserved
 from .plan import SurgeryPlan
 from .registry import GENERATOR_TERMS, ComponentRegistry
+from .step import LossPath, StepPlan
 from .train_config import TrainConfig
 
 __all__ = [
@@ -72,10 +72,6 @@ logger = logging.getLogger(__name__)
 
 #: Granularities of an :class:`RGNReport`.
 LEVELS = ("organ", "sub_organ", "tensor")
-
-# model attributes that applying a plan installs (see freeze.apply_resolved)
-_PLAN_ATTRS = ("train", freeze._FROZEN_ATTR)
-
 
 @dataclass(frozen=True)
 class RGNRow:
@@ -235,6 +231,7 @@ def relative_gradient_norms(
     registry: ComponentRegistry | None = None,
     seed: int = 0,
     sub_organ_depth: int = 1,
+    loss_path_cls: type[LossPath] = LossPath,
     trainer_cls: type | None = None,
 ) -> RGNReport:
     """Relative gradient norm ``||grad|| / ||param||`` of every generator tensor on donor batches.
@@ -252,8 +249,11 @@ def relative_gradient_norms(
             dropout) so the scores are reproducible.
         sub_organ_depth: module levels below an organ that make a sub-organ (see
             :func:`sub_organ_of`).
-        trainer_cls: a :class:`~vits_surgery.surgery.trainer.SurgicalTrainer` subclass whose
-            ``forward_generator`` / ``generator_losses`` define the loss (default: the base).
+        loss_path_cls: the :class:`~vits_surgery.surgery.step.LossPath` (sub)class whose
+            ``forward`` and ``generator_losses`` define the loss.
+        trainer_cls: deprecated (removed in vits_surgery 0.3): a
+            :class:`~vits_surgery.surgery.trainer.SurgicalTrainer` subclass whose
+            ``forward_generator`` / ``generator_losses`` define the loss; use ``loss_path_cls``.
 
     Returns:
         An :class:`RGNReport`, ranked per organ, per sub-organ and per tensor.
@@ -261,53 +261,61 @@ def relative_gradient_norms(
     Raises:
         ValueError: no batch, ``n_batches < 1``, or a non-finite loss on a batch.
     """
-    from .trainer import SurgicalTrainer
-
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     registry = registry or ComponentRegistry(model)
     device = next(model.parameters()).device
     base = config or TrainConfig()
-    cfg = dataclasses.replace(base, seed=None, progress=False, device=str(device))
     plan = SurgeryPlan(
         train=("generator",), train_discriminator=False, loss_weights=dict(loss_weights or {}), name="rgn"
     )
-    snapshot = _ModelState(model)
-    try:
-        with _forked_rng(device, seed):
-            data = _take(batches, n_batches)
-            trainer = (trainer_cls or SurgicalTrainer)(model, plan, config=cfg, registry=registry)
-            trainer.generator.manual_seed(seed)
-            named = [
-                (n, p)
-                for name, pairs in trainer.resolved.groups.items()
-                if name != "discriminator"
-                for n, p in pairs
-            ]
-            sq, losses = _squared_grad_norms(trainer, named, data)
-    finally:
-        snapshot.restore()
+    with preserved(model), _forked_rng(device, seed):
+        data = _take(batches, n_batches)
+        if trainer_cls is not None:
+            warn_renamed("relative_gradient_norms(trainer_cls=...)", "loss_path_cls=")
+            cfg = dataclasses.replace(base, seed=None, progress=False, device=str(device))
+            path: Any = _TrainerPath(trainer_cls(model, plan, config=cfg, registry=registry))
+            resolved = path.trainer.resolved
+        else:
+            resolved = plan.resolve(registry, base.loss_weights)
+            apply_resolved(model, resolved, frozen_eval=plan.frozen_eval)
+            rng = torch.Generator(device=device)
+            path = loss_path_cls(model, StepPlan.derive(model, resolved), resolved.loss_weights, base.amp, rng)
+        path.rng.manual_seed(seed)
+        named = [(n, p) for name, pairs in resolved.groups.items() if name != "discriminator" for n, p in pairs]
+        model.train()
+        sq, losses = _squared_grad_norms(path, named, data)
     report = _report(registry, named, sq, sub_organ_depth)
-    report.terms = trainer.step_plan.terms
-    report.loss_weights = {k: trainer.weights[k] for k in GENERATOR_TERMS}
+    report.terms = path.step_plan.terms
+    report.loss_weights = {k: path.weights[k] for k in GENERATOR_TERMS}
     report.losses = losses
     return report
 
 
+class _TrainerPath:
+    """The deprecated ``trainer_cls`` route: a trainer's hooks seen as a loss path."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer, self.rng = trainer, trainer.rng
+        self.step_plan, self.weights = trainer.step_plan, trainer.weights
+        self.autocast = trainer.loss_path.autocast
+        self.forward, self.generator_losses = trainer.forward_generator, trainer.generator_losses
+        self.total = trainer.loss_path.total
+
+
 def _squared_grad_norms(
-    trainer: Any, named: list[tuple[str, nn.Parameter]], data: list[Batch]
+    path: LossPath, named: list[tuple[str, nn.Parameter]], data: list[Batch]
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """[n_batches, n_tensors] squared gradient norms (float64) and mean loss terms."""
     params = [p for _, p in named]
     sq = torch.zeros(len(data), len(params), dtype=torch.float64)
     sums: dict[str, float] = {}
-    trainer.model.train()
     for i, batch in enumerate(data):
-        batch = batch.to(trainer.device)
-        with trainer._autocast():
-            out = trainer.forward_generator(batch)
-            losses = trainer.generator_losses(batch, out)
-        total = weighted_total(losses, trainer.weights)
+        batch = batch.to(params[0].device)
+        with path.autocast():
+            out = path.forward(batch)
+            losses = path.generator_losses(batch, out)
+        total = path.total(losses)
         if not bool(torch.isfinite(total)):
             raise ValueError(
                 f"donor batch {i} ({batch.ids}) gives a non-finite loss "
@@ -496,25 +504,6 @@ def auto_plan(
         plan_cls=plan_cls,
         **plan_kwargs,
     )
-
-
-class _ModelState:
-    """Everything computing the norms may change on the model, restored by :meth:`restore`."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.flags = [(p, p.requires_grad) for p in model.parameters()]
-        self.modes = [(m, m.training) for m in model.modules()]
-        self.attrs = {k: model.__dict__[k] for k in _PLAN_ATTRS if k in model.__dict__}
-
-    def restore(self) -> None:
-        for key in _PLAN_ATTRS:
-            self.model.__dict__.pop(key, None)
-        self.model.__dict__.update(self.attrs)
-        for param, flag in self.flags:
-            param.requires_grad_(flag)
-        for module, mode in self.modes:
-            module.training = mode
 
 
 @contextlib.contextmanager

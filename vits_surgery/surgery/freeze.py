@@ -11,24 +11,53 @@ enables dropout only inside the organs that learn; the text encoder's dropout, f
 stays off in a cadence plan. A module that is an ancestor of a trained path (``decoder`` in a
 ``decoder.ups.3`` plan) follows ``model.train()``; its frozen children do not. Calling
 ``train()`` on a submodule directly bypasses this. :func:`release_plan` undoes it all.
+
+:func:`preserved` is the one way the library borrows a model for a while (an evaluation, a
+gradient probe, a regrowth): whatever happens inside to train/eval flags, ``requires_grad``
+and the applied plan, the model leaves the block as it entered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from torch import nn
 
 from .plan import ResolvedPlan, SurgeryPlan
 from .registry import ComponentRegistry
 
-__all__ = ["apply_plan", "apply_resolved", "release_plan", "frozen_module_paths"]
+__all__ = ["apply_plan", "apply_resolved", "release_plan", "frozen_module_paths", "preserved"]
 
 logger = logging.getLogger(__name__)
 
 _FROZEN_ATTR = "_vits_surgery_frozen_paths"
+# model attributes that applying a plan installs
+_PLAN_ATTRS = ("train", _FROZEN_ATTR)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore, on exit, every module's train/eval flag, every parameter's ``requires_grad`` and
+    the applied plan (or its absence) as they were on entry.
+
+    Parameters added inside (e.g. LoRA factors) keep their own flags; weights are not copied.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    attrs = {k: model.__dict__[k] for k in _PLAN_ATTRS if k in model.__dict__}
+    try:
+        yield model
+    finally:
+        for key in _PLAN_ATTRS:
+            model.__dict__.pop(key, None)
+        model.__dict__.update(attrs)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
 
 
 def apply_plan(

@@ -5,16 +5,11 @@ checkpoint, so two checkpoints differ only by what training changed. Each checkp
 ``out_dir/samples/step_{step:07d}/{i:02d}.wav`` and, with TensorBoard, logs per sentence the
 audio, a log-mel image, the alignment image and a per-token duration bar chart.
 
-Contract with the trainer (any of these works; a step is rendered at most once):
-
-- as the trainer's listener: ``SurgicalTrainer(..., listener=cb)`` with ``sample_every=N``;
-  the trainer calls ``cb(trainer, step)`` at step 0 and every N steps and passes the result to
-  its callbacks' ``on_sample``;
-- as a callback: ``on_fit_start`` renders the baseline when the trainer's ``step`` is 0 (before
-  any update), ``on_step_end(step)`` renders when ``step % every == 0``, and ``on_sample``
-  renders ``step`` if it has not been rendered yet;
-- standalone: ``ListeningCallback.sample(model, step, tokenizer=None)`` renders and returns the
-  samples; a trainer may call it and pass its result to ``CallbackList.on_sample``.
+It is a plain callback (``SurgicalTrainer(..., callbacks=[cb])``): ``on_fit_start`` renders the
+baseline when the trainer's ``step`` is 0 (before any update), ``on_step_end(step)`` renders
+when ``step % every == 0`` (a step is rendered at most once), and ``on_fit_end`` closes the
+TensorBoard writer. Standalone, ``ListeningCallback.sample(model, step, tokenizer=None)``
+renders and returns the samples.
 
 The model is taken from ``trainer.model``, the tokenizer from ``trainer.tokenizer`` when the
 trainer has one, else ``Tokenizer(model.config.text)``. Synthesis runs through
@@ -34,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .callbacks import Callback
+from .freeze import preserved
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from .trainer import SurgicalTrainer
+SurgicalTrainer = Any  # callbacks observe a trainer; they do not import it
 
-__all__ = ["ListeningCallback", "TensorBoardLogger", "get_writer", "synthesize"]
+__all__ = ["ListeningCallback", "TensorBoardLogger", "get_writer", "close_writer", "synthesize"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,32 +62,18 @@ def get_writer(log_dir: str | Path) -> Any:
     return _WRITERS[key]
 
 
-def _close_writer(log_dir: str | Path) -> None:
+def close_writer(log_dir: str | Path) -> bool:
+    """Flush and close the shared writer of ``log_dir``; False when none is open."""
     writer = _WRITERS.pop(str(Path(log_dir).resolve()), None)
-    if writer is not None:
-        writer.close()
+    if writer is None:
+        return False
+    writer.close()
+    return True
 
 
 def _is_main_process() -> bool:
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-class _TrainingFlags:
-    """Context manager: ``model.eval()`` inside, every submodule's own flag restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.flags: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for module, flag in self.flags:
-            module.training = flag
 
 
 def synthesize(
@@ -111,7 +93,8 @@ def synthesize(
         ``audio`` [N] float32 on CPU, ``durations`` [T_x], ``path`` [T_x, T_y] (valid part).
     """
     generator = torch.Generator().manual_seed(int(seed))
-    with _TrainingFlags(model), torch.inference_mode():
+    with preserved(model), torch.inference_mode():
+        model.eval()
         out = model.infer(
             torch.tensor([tokens], dtype=torch.long), speaker=speaker,
             generator=generator, max_frames=max_frames, **infer_kwargs,
@@ -180,7 +163,7 @@ class ListeningCallback(Callback):
 
     # ------------------------------------------------------------------ hooks
     def __call__(self, trainer: SurgicalTrainer, step: int) -> dict[str, Any]:
-        """The trainer's ``listener(trainer, step)`` protocol: :meth:`sample` on ``trainer.model``."""
+        """The deprecated ``listener(trainer, step)`` protocol: :meth:`sample` on ``trainer.model``."""
         return self.sample(trainer.model, step, getattr(trainer, "tokenizer", None))
 
     def on_fit_start(self, trainer: SurgicalTrainer) -> None:
@@ -191,13 +174,9 @@ class ListeningCallback(Callback):
         if step % self.every == 0:
             self.sample(trainer.model, step, getattr(trainer, "tokenizer", None))
 
-    def on_sample(self, trainer: SurgicalTrainer, step: int, samples: dict[str, Any]) -> None:
-        if step not in self.rendered:
-            self.sample(trainer.model, step, getattr(trainer, "tokenizer", None))
-
     def on_fit_end(self, trainer: SurgicalTrainer) -> None:
         if self.tensorboard:
-            get_writer(self.tb_dir).flush()
+            close_writer(self.tb_dir)
 
     # ------------------------------------------------------------------ rendering
     def sample(self, model: nn.Module, step: int, tokenizer: Any | None = None) -> dict[str, Any]:
@@ -298,7 +277,17 @@ class TensorBoardLogger(Callback):
             raise ValueError(f"every must be >= 1, got {every}")
         self.out_dir = Path(out_dir)
         self.every = int(every)
-        self.writer = get_writer(self.out_dir / "tensorboard")
+        get_writer(self.tb_dir)  # fail early with the install hint
+
+    @property
+    def tb_dir(self) -> Path:
+        """TensorBoard log folder."""
+        return self.out_dir / "tensorboard"
+
+    @property
+    def writer(self) -> Any:
+        """The shared writer of :attr:`tb_dir` (opened again after a fit closed it)."""
+        return get_writer(self.tb_dir)
 
     def on_step_end(self, trainer: SurgicalTrainer, step: int, logs: dict[str, float]) -> None:
         if step % self.every or not _is_main_process():
@@ -309,7 +298,7 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(key, value, step)
 
     def on_fit_end(self, trainer: SurgicalTrainer) -> None:
-        self.writer.flush()
+        close_writer(self.tb_dir)
 
 
 def _tokenizer_for(cfg: Any) -> Any:

@@ -42,7 +42,6 @@ train/eval flag and every RNG stream the trainer uses, so they do not change tra
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,16 +52,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._names import did_you_mean
 from ..audio import amp_to_log, log_mel, spec_to_mel
 from ..batch import Batch
-from ..losses import weighted_total
 from .callbacks import Callback
+from .freeze import preserved
 from .listening import synthesize
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from .trainer import SurgicalTrainer
+SurgicalTrainer = Any  # callbacks observe a trainer; they do not import it
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -394,12 +394,13 @@ class RejectionMonitor(Callback):
             losses, self._train_losses = self._train_losses, []
             return float(np.mean(losses)) if losses else math.inf
         total = 0.0
+        path = trainer.loss_path
         with _quiet_eval(trainer, self.seed):
-            trainer.generator.manual_seed(self.seed)
+            path.rng.manual_seed(self.seed)
             for batch in self.donor_batches:
                 batch = batch.to(trainer.device)
-                out = trainer.forward_generator(batch)
-                total += float(weighted_total(trainer.generator_losses(batch, out), trainer.weights))
+                out = path.forward(batch)
+                total += float(path.total(path.generator_losses(batch, out)))
         return total / len(self.donor_batches)
 
     def _violations(self, metrics: Mapping[str, float]) -> list[str]:
@@ -449,8 +450,7 @@ def _check_tolerances(overrides: Mapping[str, float | None] | None) -> dict[str,
     out = dict(DEFAULT_TOLERANCES)
     for key, value in (overrides or {}).items():
         if key not in DEFAULT_TOLERANCES:
-            close = difflib.get_close_matches(key, list(DEFAULT_TOLERANCES), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, DEFAULT_TOLERANCES)
             raise ValueError(f"unknown monitor metric {key!r}{hint} (known: {', '.join(DEFAULT_TOLERANCES)})")
         if value is not None and not float(value) >= 0:
             raise ValueError(f"tolerance of {key!r} must be >= 0 or None, got {value}")
@@ -461,19 +461,16 @@ def _check_tolerances(overrides: Mapping[str, float | None] | None) -> dict[str,
 @contextlib.contextmanager
 def _quiet_eval(trainer: SurgicalTrainer, seed: int) -> Iterator[None]:
     """Eval mode, no gradients, seeded global RNG; flags and the trainer's RNG streams restored."""
-    model = trainer.model
-    modes = [(m, m.training) for m in model.modules()]
-    gen_state = trainer.generator.get_state()
+    model, rng = trainer.model, trainer.loss_path.rng
+    gen_state = rng.get_state()
     devices = [trainer.device] if trainer.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with preserved(model), torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.default_generator.manual_seed(seed)
             model.eval()
             yield
     finally:
-        for module, mode in modes:
-            module.training = mode
-        trainer.generator.set_state(gen_state)
+        rng.set_state(gen_state)
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:

@@ -11,7 +11,8 @@ Presets::
     SurgeryPlan.timbre()    # decoder + flow + posterior_encoder: the donor's voice quality
     SurgeryPlan.accent()    # text_encoder: the donor's pronunciation
     SurgeryPlan.full()      # every generator organ (+ discriminator)
-    SurgeryPlan.auto(model, donor_batches)   # the organs the donor pulls on hardest (Auto-RGN)
+
+A plan chosen from the donor's data (Auto-RGN) comes from :func:`vits_surgery.auto_plan`.
 
 LoRA: ``SurgeryPlan(lora={"duration_predictor": LoRASpec(rank=4)})`` trains only low-rank
 adapters on the duration predictor's layers; resolving the plan injects the adapters it names
@@ -20,7 +21,7 @@ adapters on the duration predictor's layers; resolving the plan injects the adap
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -30,18 +31,12 @@ from typing import Any
 
 from torch import nn
 
+from .._names import did_you_mean
 from ..losses import DEFAULT_WEIGHTS
 from .lora import LoRASpec, inject_lora, lora_parameters
-from .registry import (
-    GENERATOR_TERMS,
-    WAVEFORM_TERMS,
-    ComponentRegistry,
-    UnknownComponentError,
-    data_flow,
-    reachable_losses,
-)
+from .registry import ComponentRegistry, UnknownComponentError
 
-__all__ = ["SurgeryPlan", "ResolvedPlan", "StepPlan", "LoRASpec", "effective_weights"]
+__all__ = ["SurgeryPlan", "ResolvedPlan", "LoRASpec", "effective_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +54,7 @@ def effective_weights(*overrides: Mapping[str, float] | None) -> dict[str, float
     for mapping in overrides:
         for key, value in (mapping or {}).items():
             if key not in DEFAULT_WEIGHTS:
-                close = difflib.get_close_matches(key, list(DEFAULT_WEIGHTS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(key, DEFAULT_WEIGHTS)
                 raise UnknownComponentError(
                     f"unknown loss term {key!r}{hint} (known: {', '.join(DEFAULT_WEIGHTS)})"
                 )
@@ -164,37 +158,14 @@ class SurgeryPlan:
         return cls(train=("generator",), name="full", **kwargs)
 
     @classmethod
-    def auto(
-        cls,
-        model: nn.Module,
-        donor_data: Any,
-        top_k: int | None = 1,
-        threshold: float | None = None,
-        per_tensor_lr: bool = False,
-        n_batches: int = 4,
-        **kwargs: Any,
-    ) -> SurgeryPlan:
-        """The organs the donor's data pulls on hardest (Auto-RGN, Lee et al., ICLR 2023).
+    def auto(cls, model: nn.Module, donor_data: Any, **kwargs: Any) -> SurgeryPlan:
+        """Deprecated: use :func:`vits_surgery.auto_plan` (removed in vits_surgery 0.3)."""
+        from .._deprecated import warn_renamed
 
-        Ranks organs by relative gradient norm ``||grad|| / ||param||`` of the full training
-        loss on ``n_batches`` donor batches and trains the ``top_k`` whose normalised RGN is
-        at least ``threshold``; ``per_tensor_lr`` gives every tensor a learning-rate scale
-        proportional to its RGN. The model is left unchanged. See
-        :func:`vits_surgery.surgery.auto.auto_plan` for the other keyword arguments
-        (``scale_lr``, ``level``, ``loss_weights``, ``config``, ``registry``, ``seed``...).
-        """
-        from .auto import auto_plan
-
-        return auto_plan(
-            model,
-            donor_data,
-            top_k=top_k,
-            threshold=threshold,
-            per_tensor_lr=per_tensor_lr,
-            n_batches=n_batches,
-            plan_cls=cls,
-            **kwargs,
-        )
+        warn_renamed("SurgeryPlan.auto()", "vits_surgery.auto_plan()")
+        # the plan is plain data: it does not depend on the algorithm, only this alias reaches it
+        auto = importlib.import_module("vits_surgery.surgery.auto")
+        return auto.auto_plan(model, donor_data, plan_cls=cls, **kwargs)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -215,8 +186,7 @@ class SurgeryPlan:
         names = [f.name for f in fields(cls)]
         for key in data:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(key, names)
                 raise UnknownComponentError(f"unknown SurgeryPlan field {key!r}{hint}")
         return cls(**dict(data))
 
@@ -332,8 +302,7 @@ class SurgeryPlan:
         for key, value in self.lr_scale.items():
             name = registry.canonical(key)
             if name not in scales:
-                close = difflib.get_close_matches(name, list(scales), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(name, scales)
                 raise UnknownComponentError(
                     f"lr_scale key {key!r} is not a trained entry of the plan{hint} "
                     f"(entries: {', '.join(scales)})"
@@ -376,42 +345,10 @@ def _assign_groups(
     return {e: pairs for e, pairs in groups.items() if pairs}
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    """What one training step computes.
+def __getattr__(name: str) -> Any:
+    if name == "StepPlan":  # deprecated location
+        from .._deprecated import warn_renamed
 
-    Attributes:
-        terms: generator loss terms computed (weight != 0 and reaching a trainable organ).
-        grad: stage -> whether it runs with gradients.
-        decode: whether the decoder runs (a waveform term, or the discriminator trains).
-        train_discriminator: whether the discriminator is updated.
-    """
-
-    terms: tuple[str, ...]
-    grad: dict[str, bool]
-    decode: bool
-    train_discriminator: bool
-
-    @classmethod
-    def derive(cls, model: nn.Module, resolved: ResolvedPlan) -> StepPlan:
-        """Derive from the data-flow graph of ``model.config`` and a resolved plan."""
-        config = model.config
-        graph, reach = data_flow(config), reachable_losses(config)
-        trained = set(resolved.trained_organs)
-        weights = resolved.loss_weights
-        has_disc = getattr(model, "discriminator", None) is not None
-        terms = tuple(
-            t
-            for t in GENERATOR_TERMS
-            if weights[t] != 0
-            and any(t in reach.get(o, ()) for o in trained)
-            and (has_disc or t in ("gen/kl", "gen/dur", "gen/mel"))
-        )
-        order = ("speaker_embedding", "text_encoder", "posterior_encoder", "flow", "duration_predictor", "decoder")
-        grad: dict[str, bool] = {}
-        for node in order:
-            parents = [p for p, consumers in graph.items() if node in consumers]
-            upstream = node in trained or any(grad.get(p, False) for p in parents)
-            grad[node] = upstream and any(t in terms for t in reach.get(node, ()))
-        decode = any(t in terms for t in WAVEFORM_TERMS) or resolved.train_discriminator
-        return cls(terms, grad, decode, resolved.train_discriminator)
+        warn_renamed("vits_surgery.surgery.plan.StepPlan", "vits_surgery.surgery.step.StepPlan")
+        return importlib.import_module("vits_surgery.surgery.step").StepPlan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,8 @@ class TrainConfig:
         amp: "bf16", "fp16" or None; the flow, the duration predictor, MAS and the losses
             always run in fp32.
         loss_weights: overrides of ``losses.DEFAULT_WEIGHTS`` (0 = term not computed).
-        sample_every: listening checkpoint period in steps (0 = never; step 0 is the baseline).
+        sample_every: deprecated (removed in vits_surgery 0.3): listening checkpoints are a
+            callback, :class:`~vits_surgery.surgery.listening.ListeningCallback` (``every=``).
         save_every: checkpoint period in steps (0 = only at the end of ``fit``).
         keep_last: checkpoints kept (0 = all).
         seed: seeds torch, numpy, random and the noise generator (+ rank); None = leave them.
@@ -57,6 +58,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.sample_every:
+            from .._deprecated import warn_renamed
+
+            warn_renamed("TrainConfig(sample_every=...)", "ListeningCallback(every=...)")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"TrainConfig.amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
         if self.lr_decay_every not in ("step", "epoch"):

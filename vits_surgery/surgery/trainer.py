@@ -10,14 +10,19 @@ observe):
   -> ``{"gen/mel": tensor, ...}``
 - :meth:`SurgicalTrainer.training_step` -> ``{"gen/mel": float, ...}`` (one batch; callable
   from a notebook loop)
-- :meth:`SurgicalTrainer.sample` -> the listening checkpoint's samples
+- :attr:`SurgicalTrainer.loss_path_cls`: the :class:`~vits_surgery.surgery.step.LossPath`
+  class whose ``forward`` and losses the step runs (the seam for a step with another forward)
 
-**What runs.** :class:`StepPlan` derives from the registry's data-flow graph which loss terms
-reach a trainable organ (terms with weight 0 are never computed) and which stages need
-gradients. A cadence plan runs the text encoder, posterior encoder and flow under
-``no_grad``, MAS, and the duration predictor with gradients; no decoder, no discriminator, no
-mel. A stage runs with gradients only when a trainable organ is at or upstream of it and its
-output feeds a computed term.
+**What runs.** :class:`~vits_surgery.surgery.step.StepPlan` derives from the registry's
+data-flow graph which loss terms reach a trainable organ (terms with weight 0 are never
+computed) and which stages need gradients. A cadence plan runs the text encoder, posterior
+encoder and flow under ``no_grad``, MAS, and the duration predictor with gradients; no decoder,
+no discriminator, no mel. A stage runs with gradients only when a trainable organ is at or
+upstream of it and its output feeds a computed term. The trainer logs the plan in words at
+set-up (``grad: ...; no_grad: ...; skipped: ...``).
+
+**Listening.** Listening checkpoints are a callback
+(:class:`~vits_surgery.surgery.listening.ListeningCallback`) like every other observer.
 
 **Distributed.** Under ``torchrun`` the process group is initialised from the environment.
 Gradients of the trainable parameters are averaged across ranks with one flattened
@@ -30,7 +35,6 @@ them. Rank 0 alone writes checkpoints, samples and callbacks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -43,28 +47,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import checkpoint as ckpt
-from ..audio import amp_to_log, log_mel, spec_to_mel
+from .._deprecated import warn_renamed
+from .._files import atomic_write_text
 from ..batch import Batch
-from ..losses import (
-    discriminator_loss,
-    duration_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-    kl_loss,
-    mel_loss,
-    weighted_total,
-)
-from ..models.commons import slice_segments
+from ..convert import native
+from ..losses import weighted_total
 from ..models.vits import VITS, TrainNoise, VITSTrainOutput
-from . import runtime
+from . import rundir, runtime
 from .callbacks import Callback, CallbackList
-from .freeze import apply_resolved
-from .plan import StepPlan, SurgeryPlan
+from .freeze import apply_resolved, preserved
+from .plan import SurgeryPlan
 from .registry import ComponentRegistry
+from .step import LossPath, StepPlan
 from .train_config import TrainConfig
 
-__all__ = ["TrainConfig", "StepPlan", "SurgicalTrainer", "NonFiniteLossError"]  # config/plan re-exported
+__all__ = ["TrainConfig", "StepPlan", "LossPath", "SurgicalTrainer", "NonFiniteLossError"]  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +84,14 @@ class SurgicalTrainer:
         config: optimisation settings.
         callbacks: observers (rank 0).
         registry: the model's registry, for user-registered groups.
-        listener: ``listener(trainer, step) -> dict`` synthesizes the listening samples.
+
+    Attributes:
+        loss_path_cls: the :class:`~vits_surgery.surgery.step.LossPath` class the trainer builds
+            (a class attribute: subclass the trainer, or set it, to replace a step's forward).
+        loss_path: the instance the steps run; ``rng`` is its random generator.
     """
+
+    loss_path_cls: type[LossPath] = LossPath
 
     def __init__(
         self,
@@ -102,6 +105,10 @@ class SurgicalTrainer:
         registry: ComponentRegistry | None = None,
         listener: Any = None,
     ) -> None:
+        callbacks = list(callbacks or [])
+        if listener is not None:  # deprecated: listening is a callback
+            warn_renamed("SurgicalTrainer(listener=...)", "callbacks=[ListeningCallback(...)]")
+            callbacks = [c for c in callbacks if c is not listener] + [_LegacyListener(listener)]
         self.config = config or TrainConfig()
         if lr is not None:
             self.config = TrainConfig.from_dict({**self.config.to_dict(), "lr": lr})
@@ -122,10 +129,9 @@ class SurgicalTrainer:
         self.train_data = train_data
         self.stream = runtime.BatchStream(train_data or [], self.rank, self.world_size)
         self.out_dir = Path(out_dir)
-        self.listener = listener
         self.callbacks = CallbackList(callbacks)
         if self.config.progress and self.rank == 0:
-            from .progress import ProgressBar
+            from .callbacks import ProgressBar
 
             self.callbacks.append(ProgressBar())
         self.step = 0
@@ -137,9 +143,10 @@ class SurgicalTrainer:
         self._micro = 0
         self._scaler_stepped = False
         self._bad = {"generator": False, "discriminator": False}
-        self.generator = torch.Generator(device=self.device)
+        self.rng = torch.Generator(device=self.device)
         if self.config.seed is not None:
-            runtime.seed_everything(self.config.seed + self.rank, self.generator)
+            runtime.seed_everything(self.config.seed + self.rank, self.rng)
+        self.loss_path = self.loss_path_cls(model, self.step_plan, self.weights, self.config.amp, self.rng)
         runtime.broadcast_model(model)
         groups = self.resolved.groups
         self.generator_params = [p for name, pairs in groups.items() if name != "discriminator" for _, p in pairs]
@@ -148,6 +155,12 @@ class SurgicalTrainer:
         self.schedulers = self.configure_schedulers(self.optimizers)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.amp == "fp16")
         self._log_setup()
+
+    @property
+    def generator(self) -> torch.Generator:
+        """Deprecated name of :attr:`rng` (removed in vits_surgery 0.3)."""
+        warn_renamed("SurgicalTrainer.generator", "SurgicalTrainer.rng")
+        return self.rng
 
     @property
     def epoch(self) -> int:
@@ -192,73 +205,34 @@ class SurgicalTrainer:
         )
         counts = {k: sum(p.numel() for _, p in v) for k, v in self.resolved.groups.items()}
         logger.info(
-            "surgery plan %r: learning rate %.3g (%s); trainable parameters %s; computing %s%s%s",
+            "surgery plan %r: learning rate %.3g (%s); trainable parameters %s; computing %s",
             self.plan.name,
             self.config.lr,
             lrs,
             counts,
             ", ".join(self.step_plan.terms) or "no generator term",
-            "; decoder runs" if self.step_plan.decode else "; no decoder",
-            "; discriminator trains" if self.step_plan.train_discriminator else "",
         )
+        logger.info("step plan: %s", self.step_plan.describe())
 
     # ------------------------------------------------------------------ forward and losses
-    def _autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
-        amp = self.config.amp
-        if amp is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
-
     def forward_generator(self, batch: Batch, noise: TrainNoise | None = None) -> VITSTrainOutput:
-        """The pruned training forward: every stage under the grad mode :class:`StepPlan` gives.
+        """The pruned training forward (:meth:`LossPath.forward <vits_surgery.surgery.step.LossPath.forward>`).
 
         Fields the plan does not need are None (``duration_nll``, ``audio_hat``).
         """
-        m, sp, gen = self.model, self.step_plan, self.generator
-        noise = noise or TrainNoise()
-        with torch.set_grad_enabled(sp.grad["speaker_embedding"]):
-            g = m.speaker_vector(batch.speakers)
-        with torch.set_grad_enabled(sp.grad["text_encoder"]):
-            enc = m.encode_text(batch.tokens, batch.token_lengths)
-        with torch.set_grad_enabled(sp.grad["posterior_encoder"]):
-            z, m_q, logs_q, y_mask = m.encode_audio(batch.spec, batch.spec_lengths, g, noise.posterior, gen)
-        g32 = g.float() if g is not None else None
-        m_p, logs_p, x_mask = enc.m_p.float(), enc.logs_p.float(), enc.mask.float()
-        with self._autocast(enabled=False):
-            with torch.set_grad_enabled(sp.grad["flow"]):
-                z_p = m.flow(z.float(), y_mask.float(), g=g32).z
-            path = m.align(z_p, m_p, logs_p, x_mask, y_mask.float())
-            dur = None
-            if "gen/dur" in sp.terms:
-                dur = m.duration_nll(enc.hidden.float(), x_mask, path, g32, noise.duration, gen)
-            with torch.set_grad_enabled(sp.grad["text_encoder"] and "gen/kl" in sp.terms):
-                m_e, logs_e = m.expand_prior(path, m_p, logs_p)
-        audio_hat, starts = None, None
-        if sp.decode:
-            with torch.set_grad_enabled(sp.grad["decoder"]):
-                audio_hat, starts = m.decode_segment(z, batch.spec_lengths, g, noise.segment_starts, gen)
-        return VITSTrainOutput(
-            x_mask=x_mask, y_mask=y_mask, m_p=m_p, logs_p=logs_p, z=z, m_q=m_q, logs_q=logs_q, z_p=z_p,
-            path=path, m_p_expanded=m_e, logs_p_expanded=logs_e, duration_nll=dur, audio_hat=audio_hat,
-            segment_starts=starts, g=g,
-        )
+        return self.loss_path.forward(batch, noise)
 
     def real_segment(self, batch: Batch, out: VITSTrainOutput) -> torch.Tensor:
         """The waveform slice [B, 1, S * hop] matching ``out.audio_hat``."""
-        hop = self.model.hop_length
-        return slice_segments(batch.wav, out.segment_starts * hop, self.model.config.segment_size * hop)
+        return self.loss_path.real_segment(batch, out)
 
     def mel_target(self, batch: Batch, out: VITSTrainOutput) -> torch.Tensor:
         """Log-mel [B, n_mels, S] of the linear-spectrogram slice (as VITS computes it)."""
-        a = self.model.config.audio
-        spec = slice_segments(batch.spec, out.segment_starts, self.model.config.segment_size).float()
-        return amp_to_log(spec_to_mel(spec, a.sample_rate, a.n_fft, a.n_mels, a.mel_fmin, a.mel_fmax))
+        return self.loss_path.mel_target(batch, out)
 
     def discriminator_losses(self, batch: Batch, out: VITSTrainOutput) -> dict[str, torch.Tensor]:
         """``disc/real``, ``disc/fake`` on the real slice and the detached generated slice."""
-        scores = self.model.discriminator(self.real_segment(batch, out), out.audio_hat.detach())
-        return discriminator_loss(scores.real_scores, scores.fake_scores)
+        return self.loss_path.discriminator_losses(batch, out)
 
     def generator_losses(
         self, batch: Batch, out: VITSTrainOutput, disc_out: Any = None
@@ -269,28 +243,7 @@ class SurgicalTrainer:
             disc_out: the discriminator's output on (real, generated) slices; computed here
                 when an adversarial term needs it and it is None.
         """
-        terms = self.step_plan.terms
-        losses: dict[str, torch.Tensor] = {}
-        with self._autocast(enabled=False):
-            if "gen/kl" in terms:
-                losses["gen/kl"] = kl_loss(out.z_p, out.logs_q, out.m_p_expanded, out.logs_p_expanded, out.y_mask)
-            if "gen/dur" in terms:
-                losses["gen/dur"] = duration_loss(out.duration_nll, out.x_mask)
-            if "gen/mel" in terms:
-                mel_hat = log_mel(out.audio_hat.float(), self.model.config.audio)
-                losses["gen/mel"] = mel_loss(self.mel_target(batch, out), mel_hat)
-        if "gen/adv" in terms or "gen/fm" in terms:
-            if disc_out is None:
-                with torch.no_grad():
-                    real = self.model.discriminator(self.real_segment(batch, out))
-                fake = self.model.discriminator(out.audio_hat)
-                disc_out = (real, fake)
-            real, fake = disc_out
-            if "gen/adv" in terms:
-                losses["gen/adv"] = generator_adversarial_loss(fake.real_scores)
-            if "gen/fm" in terms:
-                losses["gen/fm"] = feature_matching_loss(real.real_features, fake.real_features)
-        return losses
+        return self.loss_path.generator_losses(batch, out, disc_out)
 
     # ------------------------------------------------------------------ one step
     def training_step(self, batch: Batch, noise: TrainNoise | None = None) -> dict[str, float]:
@@ -308,14 +261,14 @@ class SurgicalTrainer:
         scale = 1.0 / self.config.grad_accum
         last = self._micro + 1 == self.config.grad_accum
         logs: dict[str, float] = {}
-        with self._autocast():
+        with self.loss_path.autocast():
             out = self.forward_generator(batch, noise)
         if self.step_plan.train_discriminator:
-            with self._autocast():
+            with self.loss_path.autocast():
                 d_losses = self.discriminator_losses(batch, out)
             logs.update(self._backward("discriminator", d_losses, self.discriminator_params, scale))
         if "generator" in self.optimizers:
-            with self._autocast():
+            with self.loss_path.autocast():
                 g_losses = self.generator_losses(batch, out)
             logs.update(self._backward("generator", g_losses, self.generator_params, scale))
         self._micro = 0 if last else self._micro + 1
@@ -420,7 +373,7 @@ class SurgicalTrainer:
 
         Args:
             max_steps: total optimizer updates (counting those before a resume).
-            sample_every: overrides ``config.sample_every``.
+            sample_every: deprecated and ignored (listening is a callback with its own ``every``).
             save_every: overrides ``config.save_every``.
             resume: True = the latest checkpoint in ``out_dir`` (if any), or a checkpoint path.
 
@@ -433,18 +386,20 @@ class SurgicalTrainer:
             raise ValueError("fit() needs train_data (pass it to SurgicalTrainer)")
         self.max_steps = max_steps
         self.stop_reason = None
-        sample_every = self.config.sample_every if sample_every is None else sample_every
+        if sample_every is not None:
+            warn_renamed("fit(sample_every=...)", "ListeningCallback(every=...)")
+            for cb in self.callbacks.callbacks:
+                if isinstance(cb, _LegacyListener):
+                    cb.every = sample_every
         save_every = self.config.save_every if save_every is None else save_every
-        lock = ckpt.OutDirLock(self.out_dir).acquire() if self.rank == 0 else None
+        lock = rundir.OutDirLock(self.out_dir).acquire() if self.rank == 0 else None
         logs: dict[str, float] = {}
         try:
             if resume:
-                path = ckpt.latest_checkpoint(self.out_dir) if resume is True else Path(resume)
+                path = rundir.latest_checkpoint(self.out_dir) if resume is True else Path(resume)
                 if path is not None:
                     self.load_checkpoint(path)
             self._fire("on_fit_start", self)
-            if sample_every and self.step == 0:
-                self._listen()
             batches = iter(self.stream)
             while self.step < max_steps and self.stop_reason is None:
                 t0, before = time.perf_counter(), self.step
@@ -455,8 +410,6 @@ class SurgicalTrainer:
                 self._fire("on_step_end", self, self.step, logs)
                 if self.config.log_every and self.step % self.config.log_every == 0:
                     logger.info("step %d: %s", self.step, _fmt(logs))
-                if sample_every and self.step % sample_every == 0:
-                    self._listen()
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
             if self.stop_reason is not None:
@@ -486,25 +439,6 @@ class SurgicalTrainer:
         if self.rank == 0:
             getattr(self.callbacks, hook)(*args)
 
-    def sample(self, step: int) -> dict[str, Any] | None:
-        """Synthesize the listening samples (model in eval, no grad); None without a listener."""
-        if self.listener is None:
-            return None
-        return self.listener(self, step)
-
-    def _listen(self) -> None:
-        if self.rank != 0:
-            return
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                samples = self.sample(self.step)
-        finally:
-            self.model.train(was_training)
-        if samples is not None:
-            self._fire("on_sample", self, self.step, samples)
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Optimizers, schedulers, scaler, counters, RNG states and data position."""
@@ -515,7 +449,7 @@ class SurgicalTrainer:
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
-            "rng": runtime.rng_state(self.generator),
+            "rng": runtime.rng_state(self.rng),
             "plan": self.plan.to_json(),
             "train_config": json.dumps(self.config.to_dict()),
         }
@@ -523,7 +457,7 @@ class SurgicalTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         if set(state["optimizers"]) != set(self.optimizers):
-            raise ckpt.CheckpointError(
+            raise native.CheckpointError(
                 f"the checkpoint has optimizers {sorted(state['optimizers'])} but this plan builds "
                 f"{sorted(self.optimizers)}: resume with the plan it was trained with"
             )
@@ -536,27 +470,27 @@ class SurgicalTrainer:
         self.step = int(state["step"])
         self.stream.load_state_dict(state["data"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        runtime.set_rng_state(state["rng"], self.generator)
+        runtime.set_rng_state(state["rng"], self.rng)
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
         """Write model + trainer state atomically (rank 0); prune to ``keep_last``."""
         if self._micro != 0:
             raise RuntimeError("save_checkpoint() in the middle of a gradient-accumulation window")
-        final = Path(path) if path is not None else ckpt.step_dir(self.out_dir, self.step)
+        final = Path(path) if path is not None else rundir.step_dir(self.out_dir, self.step)
         if self.rank == 0:
             tmp = final.with_name(f".{final.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
             tmp.mkdir(parents=True)
             try:
-                ckpt.save(self.model, tmp, metadata={"vits_surgery_plan": self.plan.to_json()})
-                ckpt.save_trainer_state(self.state_dict(), tmp / ckpt.STATE_FILE)
-                ckpt.atomic_write(tmp / "plan.json", lambda f: f.write(self.plan.to_json().encode()))
+                native.save(self.model, tmp, metadata={"vits_surgery_plan": self.plan.to_json()})
+                rundir.save_trainer_state(self.state_dict(), tmp / rundir.STATE_FILE)
+                atomic_write_text(tmp / "plan.json", self.plan.to_json())
             except BaseException:  # disk full, interrupted: the previous checkpoint stays the latest
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            ckpt.commit_dir(tmp, final)
+            rundir.commit_dir(tmp, final)
             if path is None:
-                ckpt.prune_checkpoints(self.out_dir, self.config.keep_last)
+                rundir.prune_checkpoints(self.out_dir, self.config.keep_last)
             logger.info("step %d: checkpoint written to %s", self.step, final)
             self._fire("on_save", self, self.step, final)
         runtime.barrier(self.world_size)
@@ -565,11 +499,42 @@ class SurgicalTrainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model weights and trainer state from a checkpoint directory."""
         path = Path(path)
-        tensors, _, _ = ckpt.read_native(path)
-        ckpt.load_state_strict(self.model, tensors, path / ckpt.MODEL_FILE if path.is_dir() else path)
-        self.load_state_dict(ckpt.load_trainer_state(path))
+        tensors, _, _ = native.read_native(path)
+        native.load_state_strict(self.model, tensors, path / native.MODEL_FILE if path.is_dir() else path)
+        self.load_state_dict(rundir.load_trainer_state(path))
         logger.info("resumed from %s at step %d", path, self.step)
 
 
 def _fmt(logs: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith(("gen/", "disc/", "lr/", "grad_norm/")))
+
+
+class _LegacyListener(Callback):
+    """The deprecated ``listener=`` path (removed in vits_surgery 0.3): ``listener(trainer, step)``
+    at step 0 and every ``TrainConfig.sample_every`` steps, in eval mode without gradients, its
+    result passed to the other callbacks' ``on_sample``."""
+
+    def __init__(self, listener: Any) -> None:
+        self.listener = listener
+        self.every: int | None = None
+
+    def _render(self, trainer: SurgicalTrainer, step: int) -> None:
+        with preserved(trainer.model), torch.no_grad():
+            trainer.model.eval()
+            samples = self.listener(trainer, step)
+        if samples is not None:
+            for cb in trainer.callbacks.callbacks:
+                if cb is not self:
+                    cb.on_sample(trainer, step, samples)
+
+    def _period(self, trainer: SurgicalTrainer) -> int:
+        return self.every if self.every is not None else trainer.config.sample_every
+
+    def on_fit_start(self, trainer: SurgicalTrainer) -> None:
+        if self._period(trainer) and trainer.step == 0:
+            self._render(trainer, 0)
+
+    def on_step_end(self, trainer: SurgicalTrainer, step: int, logs: dict[str, float]) -> None:
+        period = self._period(trainer)
+        if period and step % period == 0:
+            self._render(trainer, step)
