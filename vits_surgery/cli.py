@@ -107,7 +107,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_regrow(args: argparse.Namespace) -> int:
     """Regrow the organs an inference-only voice lacks, then save the voice natively."""
     from . import save
-    from .surgery.regrow import regrow
+    from .regrowth import regrow
 
     model, report = _load(args.voice)
     organs = tuple(args.organs) if args.organs else None
@@ -121,9 +121,9 @@ def cmd_regrow(args: argparse.Namespace) -> int:
 def cmd_transplant(args: argparse.Namespace) -> int:
     """Train a plan on a donor dataset."""
     from .data import TextAudioDataset, make_loader
+    from .surgery.callbacks import RunLogger
     from .surgery.listening import ListeningCallback
     from .surgery.plan import SurgeryPlan
-    from .surgery.runlog import RunLogger
     from .surgery.trainer import SurgicalTrainer, TrainConfig
 
     model, _ = _load(args.voice)

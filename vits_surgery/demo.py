@@ -25,9 +25,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoSettings", "run_demo", "phone_rate"]
+__all__ = ["DemoSettings", "run_demo", "phone_rate", "demo_sentences"]
 
-DEMO_SENTENCE_OFFSET = 5000  # donor sentences come from here on in the shared list
 TEST_SENTENCES = (
     "The surgeon kept the voice and changed only its rhythm.",
     "Every organ of the model carries a different part of speech.",
@@ -35,20 +34,6 @@ TEST_SENTENCES = (
     "Listening checkpoints let you hear the change as it happens.",
     "The timbre stays the same while the pace moves to the donor.",
     "Short words and long pauses tell the listener how fast we speak.",
-)
-TRAIN_SENTENCES = (
-    "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts.",
-    "The earliest book printed with movable types was the Gutenberg Bible.",
-    "It was printed in a type closely resembling the Gothic hand of the period.",
-    "Now, as all books not primarily intended as picture books consist principally of types.",
-    "The essential point to be remembered is that the invention of printing was one thing.",
-    "The characters were cut by hand and cast in moulds of sand or clay.",
-    "He observed that the letters should be clear and well proportioned.",
-    "The paper was made by hand from linen rags beaten to a pulp.",
-    "A page of such a book is a pleasure to the eye of the reader.",
-    "The ink was thick and black, and it did not fade with age.",
-    "Many of the printers were also scholars who edited the texts themselves.",
-    "These early books were often bound in wooden boards covered with leather.",
 )
 
 
@@ -74,13 +59,18 @@ class DemoSettings:
         )
 
 
+def demo_sentences() -> list[str]:
+    """The donor sentences shipped with the package (LJ Speech transcripts, public domain)."""
+    from importlib.resources import files
+
+    text = files("vits_surgery.resources").joinpath("demo_sentences.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _sentences(n: int) -> list[str]:
-    """Donor sentences: the LJSpeech list when present in a source checkout, else built-in ones."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "ljspeech_sentences.txt"
-    if shared.is_file():
-        lines = [s.strip() for s in shared.read_text(encoding="utf-8").splitlines() if 20 < len(s.strip()) < 160]
-        return lines[DEMO_SENTENCE_OFFSET : DEMO_SENTENCE_OFFSET + n]
-    return [TRAIN_SENTENCES[i % len(TRAIN_SENTENCES)] for i in range(n)]
+    """``n`` donor sentences: the shipped list, cycled when ``n`` is larger."""
+    lines = demo_sentences()
+    return [lines[i % len(lines)] for i in range(n)]
 
 
 def phone_rate(tokens: list[int], durations: torch.Tensor, phone_ids: set[int], hop: int, sr: int) -> float:
@@ -105,7 +95,7 @@ def _synth(model: Any, tokens: list[int], seed: int, **kw: Any) -> Any:
 def _build_donor(model: Any, tokenizer: Any, texts: list[str], root: Path, length_scale: float) -> list[tuple]:
     """Synthesize the donor corpus (the recipient, slower) as WAV files; returns (wav, text) pairs."""
     from .audio import save_wav
-    from .surgery.progress import progress_iter
+    from .surgery.callbacks import progress_iter
 
     wav_dir = root / "wavs"
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -206,11 +196,11 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, settings: De
     from . import load
     from .convert.piper_voice import find_joe_voice
     from .data import TextAudioDataset, from_pairs, make_loader
+    from .regrowth import regrow
     from .report import build_report
+    from .surgery.callbacks import RunLogger
     from .surgery.listening import ListeningCallback
     from .surgery.plan import SurgeryPlan
-    from .surgery.regrow import regrow
-    from .surgery.runlog import RunLogger
     from .surgery.trainer import SurgicalTrainer, TrainConfig
     from .text.tokenizer import Tokenizer
 
@@ -232,8 +222,8 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, settings: De
     listener = ListeningCallback(list(TEST_SENTENCES[:2]), every=s.sample_every, out_dir=run_dir)
     trainer = SurgicalTrainer(
         model, SurgeryPlan.cadence(), loader, lr=s.lr, out_dir=run_dir,
-        config=TrainConfig(save_every=0, keep_last=1, log_every=max(1, s.steps // 10), sample_every=s.sample_every),
-        callbacks=[RunLogger(), listener], listener=listener,
+        config=TrainConfig(save_every=0, keep_last=1, log_every=max(1, s.steps // 10)),
+        callbacks=[RunLogger(), listener],
     )
     t_train = time.time()
     trainer.fit(max_steps=s.steps)

@@ -3,7 +3,7 @@ checkpoints (audio players per step, baseline first), plots and the metric table
 
 Everything (audio, images) is embedded as data URIs, so the page can be mailed or archived.
 Inputs are the files a run folder holds: ``run.json`` and ``metrics.jsonl``
-(:class:`~vits_surgery.surgery.runlog.RunLogger`), ``samples/step_*/NN.wav``
+(:class:`~vits_surgery.surgery.callbacks.RunLogger`), ``samples/step_*/NN.wav``
 (:class:`~vits_surgery.surgery.listening.ListeningCallback`), ``plots/*.png`` and
 ``evaluation.json`` (a list of table rows, or ``{"rows": [...], "columns": [...]}``).
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .surgery.runlog import read_metrics, read_run
+from .surgery.callbacks import read_metrics, read_run
 
 __all__ = ["build_report", "svg_line_chart"]
 

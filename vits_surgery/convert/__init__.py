@@ -30,7 +30,7 @@ __all__ = ["load", "export", "convert", "detect_format", "ConversionReport", "Co
 
 #: format name -> module implementing ``load_<fmt>(path, **kw) -> (VITS, ConversionReport)``
 FORMATS = {
-    "native": "vits_surgery.checkpoint",
+    "native": "vits_surgery.convert.native",
     "coqui": "vits_surgery.convert.coqui",
     "vits": "vits_surgery.convert.vits",
     "piper-ckpt": "vits_surgery.convert.piper",
@@ -48,7 +48,7 @@ _LOADERS = {
 }
 
 _EXPORTERS = {
-    "native": ("vits_surgery.checkpoint", "save"),
+    "native": ("vits_surgery.convert.native", "save"),
     "coqui": ("vits_surgery.convert.coqui", "export_coqui"),
     "piper-onnx": ("vits_surgery.convert.onnx_export", "export_onnx"),
 }
