@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import vits_surgery
-from vits_surgery.surgery.regrow_data import duration_recovery, synthesize_utterances, tokenize_texts
+from vits_surgery.regrowth import duration_recovery, synthesize_utterances, tokenize_texts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regrow_joe import SENTENCES, pick_sentences  # noqa: E402

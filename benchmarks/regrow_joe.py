@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +32,11 @@ import torch
 import vits_surgery
 from vits_surgery.batch import Batch
 from vits_surgery.convert.piper_voice import find_joe_voice
+from vits_surgery.regrowth import RegrowOptions, organs_from_report, synthesize_utterances, tokenize_texts
 from vits_surgery.surgery.callbacks import Callback
-from vits_surgery.surgery.regrow import organs_from_report
-from vits_surgery.surgery.regrow_data import synthesize_utterances, tokenize_texts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from regrow_terms import AlignmentTemperature, KLTerm, WhitenedPriorTerm, compiled_forward  # noqa: E402
 
 logger = logging.getLogger("regrow_joe")
 SENTENCES = Path("/work/shared/data/ljspeech_sentences.txt")
@@ -113,6 +116,19 @@ def finetune_decoder(model, texts: list[str], args) -> dict:
             "batch_size": args.finetune_batch, "n_utterances": len(utts), "lr": args.finetune_lr, "losses": stats}
 
 
+def experiment_terms(args) -> list:
+    """The ``extra_terms`` of the experiment switches (benchmarks/regrow_terms.py)."""
+    flow_dtype = torch.bfloat16 if args.flow_precision == "bf16" else torch.float32
+    terms: list = []
+    if args.kl_weight > 0:
+        terms.append(KLTerm(args.kl_weight, flow_dtype))
+    if args.prior_weight > 0:
+        terms.append(WhitenedPriorTerm(args.prior_weight, flow_dtype))
+    if args.align_temperature != 1.0 and args.align_weight > 0:
+        terms.append(AlignmentTemperature(args.align_weight, args.align_temperature, args.align_steps > 0))
+    return terms
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--organs", nargs="*", default=None, help="default: every organ the import created")
@@ -135,8 +151,8 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=0.0)
     p.add_argument("--prior-weight", type=float, default=0.0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--flow-precision", choices=("auto", "fp32", "bf16"), default="fp32",
-                   help="dtype of the frozen flow in the KL / alignment / prior terms (auto: bf16 where --precision auto would pick it)")
+    p.add_argument("--flow-precision", choices=("fp32", "bf16"), default="fp32",
+                   help="dtype of the frozen flow in the KL and prior terms")
     p.add_argument("--compile", action="store_true", help="torch.compile the posterior encoder's WaveNet stack")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--texts", type=Path, default=SENTENCES)
@@ -163,16 +179,15 @@ def main() -> None:
     organs = args.organs or list(organs_from_report(report))
     steps = {k: v for k, v in steps.items() if v is not None and k in organs} or None
     lr = {"posterior_encoder": args.lr_posterior} if args.lr_posterior and "posterior_encoder" in organs else None
-    with tempfile.TemporaryDirectory() as tmp:
-        result = vits_surgery.regrow(
-            model, organs=organs, n_utterances=args.n_utterances, n_heldout=args.n_heldout, steps=steps,
-            batch_size=args.batch_size, lr=lr, crop_frames=args.crop_frames, texts=texts[:n_text],
-            cache_dir=args.cache_dir or tmp, progress=args.progress, align_weight=args.align_weight,
-            align_steps=args.align_steps, align_lr_factor=args.align_lr_factor,
-            align_temperature=args.align_temperature, align_log_std=args.align_log_std,
-            kl_weight=args.kl_weight, prior_weight=args.prior_weight, precision=args.precision,
-            compile=args.compile, flow_precision=args.flow_precision,
-        )
+    options = RegrowOptions(
+        n_utterances=args.n_utterances, n_heldout=args.n_heldout, steps=steps, batch_size=args.batch_size, lr=lr,
+        crop_frames=args.crop_frames, progress=args.progress, align_weight=args.align_weight,
+        align_steps=args.align_steps, align_lr_factor=args.align_lr_factor, align_log_std=args.align_log_std,
+        precision=args.precision, extra_terms=experiment_terms(args),
+    )
+    with tempfile.TemporaryDirectory() as tmp, compiled_forward(model.posterior_encoder.enc, enabled=args.compile):
+        result = vits_surgery.regrow(model, organs=organs, options=options, texts=texts[:n_text],
+                                     cache_dir=args.cache_dir or tmp)
     logger.info("%s", result.summary())
     if args.save is not None:
         vits_surgery.save(model, args.save)

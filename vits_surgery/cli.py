@@ -107,11 +107,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_regrow(args: argparse.Namespace) -> int:
     """Regrow the organs an inference-only voice lacks, then save the voice natively."""
     from . import save
-    from .regrowth import regrow
+    from .regrowth import RegrowOptions, regrow
 
     model, report = _load(args.voice)
     organs = tuple(args.organs) if args.organs else None
-    result = regrow(model, organs=organs, report=report, n_utterances=args.utterances)
+    preset = RegrowOptions.thorough if args.thorough else RegrowOptions.quick
+    options = preset(**({"n_utterances": args.utterances} if args.utterances is not None else {}))
+    result = regrow(model, organs=organs, options=options, report=report)
     print(result.summary() if hasattr(result, "summary") else result)
     if args.out:
         print(f"wrote native checkpoint: {save(model, args.out)}")
@@ -138,13 +140,10 @@ def cmd_transplant(args: argparse.Namespace) -> int:
         raise UserError(f"no usable utterances in {args.donor}: see the report above")
     loader = make_loader(dataset, batch_size=args.batch_size, seed=args.seed)
     callbacks: list = [RunLogger()]
-    listener = None
     if args.sentences:
-        listener = ListeningCallback(list(args.sentences), every=args.sample_every, out_dir=args.out_dir)
-        callbacks.append(listener)
-    config = TrainConfig(lr=args.lr, seed=args.seed, sample_every=args.sample_every, save_every=args.save_every)
-    trainer = SurgicalTrainer(model, plan, loader, out_dir=args.out_dir, config=config,
-                              callbacks=callbacks, listener=listener)
+        callbacks.append(ListeningCallback(list(args.sentences), every=args.sample_every, out_dir=args.out_dir))
+    config = TrainConfig(lr=args.lr, seed=args.seed, save_every=args.save_every)
+    trainer = SurgicalTrainer(model, plan, loader, out_dir=args.out_dir, config=config, callbacks=callbacks)
     trainer.fit(max_steps=args.steps, resume=args.resume)
     print(f"done: {trainer.step} steps; checkpoints in {Path(args.out_dir) / 'checkpoints'}")
     return 0
@@ -268,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", default=DEFAULT_VOICE, help="voice to regrow (default: the built-in joe voice)")
     p.add_argument("--organs", nargs="+", choices=["posterior_encoder", "duration_posterior", "discriminator"],
                    help="organs to regrow (default: every organ the conversion created)")
-    p.add_argument("--utterances", type=int, default=120, help="self-synthesized training utterances (default 120)")
+    p.add_argument("--utterances", type=int, default=None,
+                   help="self-synthesized training utterances (default: the preset's, 120 quick / 1000 thorough)")
+    p.add_argument("--thorough", action="store_true",
+                   help="the longest recipe (RegrowOptions.thorough(): about 40 minutes on 2 CPU cores)")
     p.add_argument("--out", help="write the regrown voice as a native checkpoint folder")
 
     p = _sub(subs, "transplant", cmd_transplant, "train a surgery plan on a donor dataset")

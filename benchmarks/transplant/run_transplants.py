@@ -177,8 +177,7 @@ class OutOfTime(Exception):
 
 
 def _callbacks(run_dir: Path, probe: Any, tokenizer: Any, budget_s: float | None) -> list[Any]:
-    from vits_surgery.surgery.callbacks import Callback
-    from vits_surgery.surgery.runlog import RunLogger
+    from vits_surgery.surgery.callbacks import Callback, RunLogger
 
     class _Probe(Callback):
         def on_fit_start(self, trainer: Any) -> None:
