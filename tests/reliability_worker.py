@@ -10,7 +10,7 @@ with ``resume=True`` and reports on stdout, one flushed line per event::
     done <step>         fit returned
 
 ``--hang FN:N`` stops inside the N-th call (1-based, counted from process start) of
-``vits_surgery.checkpoint.FN``: for ``atomic_write`` after writing half of the file, for
+``vits_surgery._files.atomic_write`` or ``vits_surgery.surgery.rundir.FN``: for ``atomic_write`` after writing half of the file, for
 ``commit_dir`` and ``prune_checkpoints`` before doing anything. ``prune_mid:N`` stops in the
 N-th prune that has a checkpoint to delete, after deleting that checkpoint's weights file only.
 ``--hang fit_start:1`` stops once the run holds its out_dir lock. Usage::
@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vits_surgery import audio
-from vits_surgery import checkpoint as ckpt
+from vits_surgery import _files, audio
 from vits_surgery.batch import Batch
 from vits_surgery.config import preset
+from vits_surgery.convert import native
 from vits_surgery.models.vits import VITS
+from vits_surgery.surgery import rundir
 from vits_surgery.surgery.callbacks import Callback
 from vits_surgery.surgery.plan import SurgeryPlan
 from vits_surgery.surgery.trainer import SurgicalTrainer, TrainConfig
@@ -114,14 +115,15 @@ class _HalfFile:
 
 
 def _install_hang(spec: str) -> bool:
-    """Patch ``ckpt.<fn>`` to hang on its N-th call; returns True for ``fit_start``."""
+    """Patch ``_files.atomic_write`` or ``rundir.<fn>`` to hang on its N-th call; returns True for ``fit_start``."""
     name, _, nth = spec.partition(":")
     nth_call = int(nth or 1)
     if name == "fit_start":
         return True
     if name == "prune_mid":
         return _install_prune_mid(nth_call)
-    real = getattr(ckpt, name)
+    module = _files if name == "atomic_write" else rundir
+    real = getattr(module, name)
     calls = [0]
 
     @functools.wraps(real)
@@ -134,24 +136,24 @@ def _install_hang(spec: str) -> bool:
             _hang()
         return real(*args, **kwargs)
 
-    setattr(ckpt, name, patched)
+    setattr(module, name, patched)
     return False
 
 
 def _install_prune_mid(nth_call: int) -> bool:
-    real = ckpt.prune_checkpoints
+    real = rundir.prune_checkpoints
     calls = [0]
 
     def patched(root, keep_last):
-        found = ckpt.checkpoint_dirs(root)
+        found = rundir.checkpoint_dirs(root)
         if keep_last > 0 and len(found) > keep_last:
             calls[0] += 1
             if calls[0] == nth_call:
-                (found[0][1] / ckpt.MODEL_FILE).unlink()  # a deletion cut short
+                (found[0][1] / native.MODEL_FILE).unlink()  # a deletion cut short
                 _hang()
         return real(root, keep_last)
 
-    ckpt.prune_checkpoints = patched
+    rundir.prune_checkpoints = patched
     return False
 
 

@@ -12,7 +12,9 @@ import torch
 from surgery_helpers import speech_batch, tiny_model
 from torch.utils.data import DataLoader
 
-from vits_surgery import checkpoint as ckpt
+from vits_surgery import _files
+from vits_surgery.convert import native
+from vits_surgery.surgery import rundir
 from vits_surgery.surgery.plan import SurgeryPlan
 from vits_surgery.surgery.trainer import SurgicalTrainer, TrainConfig
 
@@ -25,21 +27,21 @@ def batches():
 
 def test_save_and_load_native_round_trip(tmp_path):
     model = tiny_model(seed=3, n_speakers=2, gin_channels=8)
-    path = ckpt.save(model, tmp_path / "voice", metadata={"note": "hello"})
+    path = native.save(model, tmp_path / "voice", metadata={"note": "hello"})
     assert path == tmp_path / "voice" / "model.safetensors"
-    loaded = ckpt.load_native(tmp_path / "voice")
+    loaded = native.load_native(tmp_path / "voice")
     assert loaded.config == model.config and not loaded.training
     assert loaded.discriminator is not None
     original = model.state_dict()
     assert set(loaded.state_dict()) == set(original)
     assert all(torch.equal(v, original[k]) for k, v in loaded.state_dict().items())
-    tensors, config, meta = ckpt.read_native(path)
+    tensors, config, meta = native.read_native(path)
     assert config == model.config and meta["note"] == "hello"
     assert json.loads(meta["vits_surgery_config"])["n_speakers"] == 2
-    assert meta["vits_surgery_format_version"] == str(ckpt.FORMAT_VERSION)
+    assert meta["vits_surgery_format_version"] == str(native.FORMAT_VERSION)
     # a bare file, without the discriminator
-    file = ckpt.save(model, tmp_path / "g.safetensors")
-    generator_only = ckpt.load_native(file, with_discriminator=False)
+    file = native.save(model, tmp_path / "g.safetensors")
+    generator_only = native.load_native(file, with_discriminator=False)
     assert generator_only.discriminator is None
     assert not list(tmp_path.rglob(".*tmp*"))  # no temporary files left behind
 
@@ -48,29 +50,29 @@ def test_foreign_and_future_files_are_refused(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
-    with pytest.raises(ckpt.CheckpointError, match="not written by vits_surgery"):
-        ckpt.load_native(tmp_path / "x.safetensors")
+    with pytest.raises(native.CheckpointError, match="not written by vits_surgery"):
+        native.load_native(tmp_path / "x.safetensors")
     model = tiny_model()
-    path = ckpt.save(model, tmp_path / "v")
-    tensors, config, meta = ckpt.read_native(path)
+    path = native.save(model, tmp_path / "v")
+    tensors, config, meta = native.read_native(path)
     meta["vits_surgery_format_version"] = "99"
     save_file(tensors, str(tmp_path / "future.safetensors"), metadata=meta)
-    with pytest.raises(ckpt.CheckpointError, match="version 99"):
-        ckpt.load_native(tmp_path / "future.safetensors")
+    with pytest.raises(native.CheckpointError, match="version 99"):
+        native.load_native(tmp_path / "future.safetensors")
     with pytest.raises(FileNotFoundError):
-        ckpt.load_native(tmp_path / "missing")
+        native.load_native(tmp_path / "missing")
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "f.bin"
-    ckpt.atomic_write(target, lambda f: f.write(b"old"))
+    _files.atomic_write(target, lambda f: f.write(b"old"))
 
     def broken(f):
         f.write(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_write(target, broken)
+        _files.atomic_write(target, broken)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
@@ -124,9 +126,9 @@ def test_resume_is_bit_exact(batches, tmp_path, loader):
         for pid, st in sa["optimizers"][name]["state"].items():
             for key, value in st.items():
                 assert torch.equal(value, sb["optimizers"][name]["state"][pid][key])
-    state = torch.load(ckpt.step_dir(tmp_path / "b", 4) / ckpt.STATE_FILE, weights_only=True)
+    state = torch.load(rundir.step_dir(tmp_path / "b", 4) / rundir.STATE_FILE, weights_only=True)
     assert state["step"] == 4 and set(state["optimizers"]) == {"generator", "discriminator"}
-    assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path / "b")] == [2, 4]
+    assert [s for s, _ in rundir.checkpoint_dirs(tmp_path / "b")] == [2, 4]
 
 
 def test_resume_with_another_plan_is_refused(batches, tmp_path):
@@ -134,39 +136,39 @@ def test_resume_with_another_plan_is_refused(batches, tmp_path):
     trainer = SurgicalTrainer(
         tiny_model(), SurgeryPlan.cadence(), batches, out_dir=tmp_path, config=TrainConfig(progress=False)
     )
-    with pytest.raises(ckpt.CheckpointError, match="optimizers"):
-        trainer.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    with pytest.raises(native.CheckpointError, match="optimizers"):
+        trainer.load_checkpoint(rundir.latest_checkpoint(tmp_path))
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path):
     for step in (1, 2, 3, 4):
-        d = ckpt.step_dir(tmp_path, step)
+        d = rundir.step_dir(tmp_path, step)
         d.mkdir(parents=True)
-        (d / ckpt.MODEL_FILE).write_bytes(b"x")
-        (d / ckpt.STATE_FILE).write_bytes(b"x")
+        (d / native.MODEL_FILE).write_bytes(b"x")
+        (d / rundir.STATE_FILE).write_bytes(b"x")
     (tmp_path / "checkpoints" / ".step_00000005.tmp").mkdir()  # an interrupted write is ignored
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"
-    removed = ckpt.prune_checkpoints(tmp_path, keep_last=2)
+    assert rundir.latest_checkpoint(tmp_path).name == "step_00000004"
+    removed = rundir.prune_checkpoints(tmp_path, keep_last=2)
     assert [p.name for p in removed] == ["step_00000001", "step_00000002"]
-    assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path)] == [3, 4]
+    assert [s for s, _ in rundir.checkpoint_dirs(tmp_path)] == [3, 4]
 
 
 def test_out_dir_lock(tmp_path, caplog):
-    lock = ckpt.OutDirLock(tmp_path).acquire()
-    with pytest.raises(ckpt.CheckpointError, match="another trainer in this process"):
-        ckpt.OutDirLock(tmp_path).acquire()
+    lock = rundir.OutDirLock(tmp_path).acquire()
+    with pytest.raises(native.CheckpointError, match="another trainer in this process"):
+        rundir.OutDirLock(tmp_path).acquire()
     lock.release()
     # a live process holds it
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / ".lock").write_text(f"{sleeper.pid} {os.uname().nodename}\n")
-        with pytest.raises(ckpt.CheckpointError, match=f"PID {sleeper.pid}"):
-            ckpt.OutDirLock(tmp_path).acquire()
+        with pytest.raises(native.CheckpointError, match=f"PID {sleeper.pid}"):
+            rundir.OutDirLock(tmp_path).acquire()
     finally:
         sleeper.kill()
         sleeper.wait()
     # now its PID is dead: the stale lock is taken over
-    with ckpt.OutDirLock(tmp_path) as taken:
+    with rundir.OutDirLock(tmp_path) as taken:
         assert taken.acquired
         assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
     assert "stale lock" in caplog.text
@@ -184,6 +186,6 @@ def test_two_trainers_on_one_out_dir(batches, tmp_path):
             return super().training_step(batch, noise)
 
     second = Nested(tiny_model(), SurgeryPlan.cadence(), batches, out_dir=tmp_path, config=TrainConfig(progress=False))
-    with pytest.raises(ckpt.CheckpointError, match="already used"):
+    with pytest.raises(native.CheckpointError, match="already used"):
         second.fit(1)
     first.fit(1)  # the lock was released

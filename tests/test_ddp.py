@@ -19,18 +19,18 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from surgery_helpers import speech_batch, tiny_model
-    from vits_surgery import checkpoint
+    from vits_surgery import _files
     from vits_surgery.surgery.plan import SurgeryPlan
     from vits_surgery.surgery.trainer import SurgicalTrainer, TrainConfig
 
     out = {out!r}
     rank = int(os.environ["RANK"])
     writes = []
-    original_write = checkpoint.atomic_write
+    original_write = _files.atomic_write
     def spy(path, write):
         writes.append(str(path))
         return original_write(path, write)
-    checkpoint.atomic_write = spy
+    _files.atomic_write = spy
 
     model = tiny_model(seed=rank)  # different on each rank: the trainer broadcasts rank 0's weights
     data = [speech_batch(model.config, 1, seed=i, max_seconds=0.3) for i in range(4)]

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from reliability_worker import make_trainer
 
-from vits_surgery import checkpoint as ckpt
+from vits_surgery.convert import native
+from vits_surgery.surgery import rundir
 
 WORKER = Path(__file__).with_name("reliability_worker.py")
 SAVE_EVERY = 2
@@ -116,13 +117,13 @@ def test_kill_9_at_random_moments_and_inside_saves_then_resume(tmp_path: Path) -
         worker.kill()
         reached = max([resumed] + [v for k, v in worker.events if k == "step"])
         saved = max([saved] + [v for k, v in worker.events if k == "saved"])
-        newest = ckpt.latest_checkpoint(out)
+        newest = rundir.latest_checkpoint(out)
         on_disk = 0 if newest is None else int(newest.name.split("_")[1])
         assert on_disk >= saved
         assert reached - on_disk <= SAVE_EVERY, f"{reached - on_disk} steps would be lost ({how} {what})"
         if newest is not None:  # what a resume will read is whole
-            ckpt.read_native(newest)
-            assert ckpt.load_trainer_state(newest)["step"] == on_disk
+            native.read_native(newest)
+            assert rundir.load_trainer_state(newest)["step"] == on_disk
 
     final = Worker(out)
     err = final.finish()
@@ -135,11 +136,11 @@ def test_kill_9_at_random_moments_and_inside_saves_then_resume(tmp_path: Path) -
         f"step_{MAX_STEPS - SAVE_EVERY:08d}", f"step_{MAX_STEPS:08d}",
     ]  # no half-deleted checkpoint left behind
     assert not (out / ".lock").exists()
-    assert [s for s, _ in ckpt.checkpoint_dirs(out)] == [MAX_STEPS - SAVE_EVERY, MAX_STEPS]  # keep_last=2
+    assert [s for s, _ in rundir.checkpoint_dirs(out)] == [MAX_STEPS - SAVE_EVERY, MAX_STEPS]  # keep_last=2
 
     straight = make_trainer(tmp_path / "straight", SAVE_EVERY)
     straight.fit(MAX_STEPS)
-    resumed_weights, _, _ = ckpt.read_native(ckpt.latest_checkpoint(out))
+    resumed_weights, _, _ = native.read_native(rundir.latest_checkpoint(out))
     reference = straight.model.state_dict()
     assert resumed_weights.keys() == reference.keys()
     assert all(torch.equal(resumed_weights[k], reference[k]) for k in reference)
@@ -156,4 +157,4 @@ def test_two_processes_on_one_out_dir(tmp_path: Path) -> None:
         assert ("resumed", 0) not in second.events  # it never started training
     finally:
         holder.kill()
-    assert ckpt.latest_checkpoint(tmp_path) is None
+    assert rundir.latest_checkpoint(tmp_path) is None

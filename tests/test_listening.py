@@ -160,7 +160,7 @@ def one_thread():
 
 @pytest.mark.slow
 def test_fit_on_real_audio_writes_listening_checkpoints(tmp_path: Path, one_thread) -> None:
-    """SurgicalTrainer + data pipeline + listener: finite losses, WAVs at steps 0 and 1."""
+    """SurgicalTrainer + data pipeline + listening callback: finite losses, WAVs at steps 0 and 1."""
     import subprocess
 
     from vits_surgery.data import TextAudioDataset, from_pairs, make_loader
@@ -176,10 +176,10 @@ def test_fit_on_real_audio_writes_listening_checkpoints(tmp_path: Path, one_thre
     loader = make_loader(data, batch_size=2, seed=3)
     torch.manual_seed(0)
     model = VITS(CFG)
-    listen = ListeningCallback(SENTENCES[:1], every=1000, out_dir=tmp_path / "run", tensorboard=False)
+    listen = ListeningCallback(SENTENCES[:1], every=1, out_dir=tmp_path / "run", tensorboard=False)
     trainer = SurgicalTrainer(
-        model, SurgeryPlan.cadence(), train_data=loader, out_dir=tmp_path / "run", listener=listen,
-        config=TrainConfig(lr=1e-2, sample_every=1, save_every=0, progress=False, device="cpu"),
+        model, SurgeryPlan.cadence(), train_data=loader, out_dir=tmp_path / "run",
+        config=TrainConfig(lr=1e-2, save_every=0, progress=False, device="cpu"),
         callbacks=[listen, TensorBoardLogger(tmp_path / "run")],
     )
     logs = trainer.fit(max_steps=1)
@@ -190,3 +190,28 @@ def test_fit_on_real_audio_writes_listening_checkpoints(tmp_path: Path, one_thre
     assert not torch.equal(base, last)  # the duration predictor trained: the rhythm moved
     assert torch.equal(listen.rendered[0]["alignments"][0].sum(1), base)
     assert "gen/dur" in _events(tmp_path / "run" / "tensorboard").Tags()["scalars"]
+
+
+def test_tensorboard_writers_are_closed_at_fit_end(model: VITS, tmp_path: Path) -> None:
+    """Both TensorBoard callbacks share one writer per folder and close it when fit ends; a
+    later fit opens a fresh one."""
+    pytest.importorskip("tensorboard")
+    from vits_surgery.surgery import listening
+
+    trainer = SimpleNamespace(model=model, step=0)
+    key = str((tmp_path / "tensorboard").resolve())
+    scalars = TensorBoardLogger(tmp_path)
+    listen = ListeningCallback(SENTENCES[:1], every=1, out_dir=tmp_path, tensorboard=True)
+    assert key in listening._WRITERS
+    writer = listening._WRITERS[key]
+    closed = []
+    real_close = writer.close
+    writer.close = lambda: closed.append(True) or real_close()
+    scalars.on_step_end(trainer, 1, {"gen/dur": 1.0})
+    listen.on_step_end(trainer, 1, {})
+    listen.on_fit_end(trainer)
+    scalars.on_fit_end(trainer)
+    assert closed == [True] and key not in listening._WRITERS  # closed once, forgotten
+    scalars.on_step_end(trainer, 2, {"gen/dur": 0.5})  # the next fit gets a new writer
+    assert listening._WRITERS[key] is not writer
+    assert listening.close_writer(tmp_path / "tensorboard") and not listening.close_writer(tmp_path / "tensorboard")

@@ -9,7 +9,7 @@ import torch
 from surgery_helpers import speech_batch, tiny_model
 from torch import nn
 
-from vits_surgery import checkpoint as ckpt
+from vits_surgery.convert import native
 from vits_surgery.models.commons import weight_norm
 from vits_surgery.surgery.lora import (
     LoRASpec,
@@ -144,7 +144,7 @@ def test_zero_initialised_adapters_leave_the_voice_bit_identical_and_keep_base_k
     model = tiny_model()
     model.eval()
     reference = _infer(model)
-    ckpt.save(model, tmp_path)
+    native.save(model, tmp_path)
     base_keys = set(model.state_dict())
     names = inject_lora(model, {"generator": LoRASpec(rank=2)}, generator=torch.Generator().manual_seed(0))
     kinds = {type(model.get_submodule(n)).__name__ for n in names}
@@ -156,7 +156,7 @@ def test_zero_initialised_adapters_leave_the_voice_bit_identical_and_keep_base_k
     assert keys == base_keys | lora_keys and not base_keys & lora_keys
     assert {"decoder.ups.0.parametrizations.weight.original0", "decoder.ups.0.lora_a", "decoder.ups.0.lora_b",
             "text_encoder.encoder.attn_layers.0.conv_q.weight", "text_encoder.encoder.attn_layers.0.conv_q.lora_a"} <= keys
-    tensors, _, _ = ckpt.read_native(tmp_path)  # a base checkpoint loads strictly, apart from the adapters
+    tensors, _, _ = native.read_native(tmp_path)  # a base checkpoint loads strictly, apart from the adapters
     result = model.load_state_dict(tensors, strict=False)
     assert set(result.missing_keys) == lora_keys and not result.unexpected_keys
 

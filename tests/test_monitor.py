@@ -10,10 +10,11 @@ import pytest
 import torch
 from surgery_helpers import speech_batch, tiny_model
 
-from vits_surgery.checkpoint import latest_checkpoint, load_trainer_state, read_native
+from vits_surgery.convert.native import read_native
 from vits_surgery.surgery.callbacks import Callback
 from vits_surgery.surgery.monitor import DEFAULT_TOLERANCES, RejectionMonitor, artifact_metrics
 from vits_surgery.surgery.plan import SurgeryPlan
+from vits_surgery.surgery.rundir import latest_checkpoint, load_trainer_state
 from vits_surgery.surgery.trainer import SurgicalTrainer, TrainConfig
 
 SR = 16000

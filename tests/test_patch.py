@@ -9,7 +9,7 @@ import torch
 from surgery_helpers import tiny_model
 from torch import nn
 
-from vits_surgery import checkpoint as ckpt
+from vits_surgery.convert import native
 from vits_surgery.surgery.lora import (
     LoRASpec,
     inject_lora,
@@ -86,8 +86,8 @@ def test_lora_patch_round_trip_reproduces_the_transplant(voices, tmp_path):
     assert patch.kind == "lora" and patch.organs == ("duration_predictor",) and patch.rank == 2
     assert set(patch.lora) == set(lora_state_dict(cadence)) and not patch.weights
     path = patch.save(tmp_path / "cadence.safetensors")
-    ckpt.save(base, tmp_path / "voice")
-    assert path.stat().st_size < (tmp_path / "voice" / ckpt.MODEL_FILE).stat().st_size / 10
+    native.save(base, tmp_path / "voice")
+    assert path.stat().st_size < (tmp_path / "voice" / native.MODEL_FILE).stat().st_size / 10
     loaded = Patch.load(path)
     assert loaded.base_fingerprint == voice_fingerprint(base)
     assert loaded.layers == patch.layers and loaded.organs == patch.organs
@@ -193,6 +193,6 @@ def test_make_patch_from_a_trainer_and_refusals(voices, tmp_path):
         make_patch(base, trainer)
     with pytest.raises(ValueError, match="carries LoRA adapters"):
         make_patch(trainer.model, base)
-    ckpt.save(base, tmp_path / "voice")
+    native.save(base, tmp_path / "voice")
     with pytest.raises(ValueError, match="not a vits_surgery patch"):
-        Patch.load(tmp_path / "voice" / ckpt.MODEL_FILE)
+        Patch.load(tmp_path / "voice" / native.MODEL_FILE)

@@ -11,16 +11,11 @@ import torch
 
 from vits_surgery.config import preset
 from vits_surgery.models.vits import VITS
-from vits_surgery.surgery import regrow as regrow_mod
-from vits_surgery.surgery import regrow_fit
-from vits_surgery.surgery.regrow import REGROWABLE, organs_from_report, regrow
-from vits_surgery.surgery.regrow_data import (
-    default_texts,
-    duration_recovery,
-    synthesize_utterances,
-    tokenize_texts,
-)
-from vits_surgery.surgery.regrow_fit import sdp_nll_per_token
+from vits_surgery.regrowth import REGROWABLE, RegrowOptions, metrics, options, organs_from_report, regrow
+from vits_surgery.regrowth import core as regrow_mod
+from vits_surgery.regrowth import fit as regrow_fit
+from vits_surgery.regrowth.metrics import duration_recovery, sdp_nll_per_token
+from vits_surgery.regrowth.teacher import default_texts, synthesize_utterances, tokenize_texts
 
 TEXTS = (
     "the cat sat.", "a red boat.", "go home now!", "big blue sky.", "we ran far.", "hot tea, please.",
@@ -44,9 +39,14 @@ def _voice() -> VITS:
     return model
 
 
-def _regrow(model: VITS, cache_dir, **kwargs):
-    return regrow(model, n_utterances=N_TRAIN, n_heldout=N_HELDOUT, steps=STEPS, lr=LR, batch_size=8,
-                  crop_frames=32, cache_dir=cache_dir, texts=TEXTS, progress=False, **kwargs)
+def _options(**changes) -> RegrowOptions:
+    base = {"n_utterances": N_TRAIN, "n_heldout": N_HELDOUT, "steps": STEPS, "lr": LR, "batch_size": 8,
+            "crop_frames": 32, "progress": False}
+    return RegrowOptions(**{**base, **changes})
+
+
+def _regrow(model: VITS, cache_dir, organs=None, **changes):
+    return regrow(model, organs, _options(**changes), cache_dir=cache_dir, texts=TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,8 @@ def test_organs_from_report_and_errors() -> None:
     with pytest.raises(ValueError, match="without one"):
         regrow(model, organs=["discriminator"], use_cache=False, progress=False)
     with pytest.raises(ValueError, match="needs 6 texts"):
-        regrow(model, organs="enc_q", n_utterances=4, n_heldout=2, texts=["a b c."], use_cache=False)
+        regrow(model, organs="enc_q", options=RegrowOptions(n_utterances=4, n_heldout=2), texts=["a b c."],
+               use_cache=False)
 
 
 def test_default_texts_are_varied_and_reproducible() -> None:
@@ -193,11 +194,10 @@ def _count_calls(monkeypatch, name: str) -> list[int]:
     return calls
 
 
-def _regrow_posterior_briefly(model: VITS | None = None, **kwargs):
+def _regrow_posterior_briefly(model: VITS | None = None, **changes):
     """Three posterior-encoder steps on a tiny voice, no cache."""
-    return regrow(_voice() if model is None else model, organs=["posterior_encoder"], n_utterances=6,
-                  n_heldout=2, steps=3, batch_size=2, crop_frames=16, texts=TEXTS, progress=False,
-                  use_cache=False, **kwargs)
+    opts = RegrowOptions(n_utterances=6, n_heldout=2, steps=3, batch_size=2, crop_frames=16, progress=False, **changes)
+    return regrow(_voice() if model is None else model, ["posterior_encoder"], opts, texts=TEXTS, use_cache=False)
 
 
 def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
@@ -230,9 +230,9 @@ def test_align_steps_add_a_final_alignment_phase(monkeypatch) -> None:
     _regrow_posterior_briefly(align_steps=2)  # no alignment weight: no final phase
     assert [name for name, _, _ in runs] == ["posterior_encoder"]
     with pytest.raises(ValueError, match="align_steps"):
-        regrow_fit.FitOptions(align_steps=-1)
-    with pytest.raises(ValueError, match="align_temperature"):
-        regrow_fit.FitOptions(align_temperature=0.0)
+        RegrowOptions(align_steps=-1)
+    with pytest.raises(ValueError, match="align_lr_factor"):
+        RegrowOptions(align_lr_factor=0.0)
 
 
 def test_posterior_loss_without_fitting_the_log_std() -> None:
@@ -274,15 +274,7 @@ def test_align_log_std_frees_the_log_std_only_in_the_alignment_phase(monkeypatch
     _regrow_posterior_briefly(align_weight=0.5, align_steps=2)
     assert flags == [True] * 5
     with pytest.raises(ValueError, match="align_log_std"):
-        regrow_fit.FitOptions(align_log_std="mean")
-
-
-@pytest.mark.parametrize("kl_weight, expected_calls", [(0.0, 0), (0.5, 3)])
-def test_kl_weight_reaches_the_posterior_fit(monkeypatch, kl_weight, expected_calls) -> None:
-    calls = _count_calls(monkeypatch, "kl_loss")
-    report = _regrow_posterior_briefly(kl_weight=kl_weight)
-    assert len(calls) == expected_calls and report.steps["posterior_encoder"] == 3
-    assert report.settings["kl_weight"] == kl_weight
+        RegrowOptions(align_log_std="mean")
 
 
 def test_bf16_autocast_runs_the_module_in_bfloat16_and_hands_back_float32() -> None:
@@ -307,15 +299,15 @@ def test_bf16_autocast_runs_the_module_in_bfloat16_and_hands_back_float32() -> N
 
 def test_precision_options(monkeypatch) -> None:
     with pytest.raises(ValueError, match="precision"):
-        regrow_fit.FitOptions(precision="fp16")
+        RegrowOptions(precision="fp16")
     cpu = torch.device("cpu")
-    assert regrow_fit.resolve_precision("fp32", cpu) == "fp32"
-    assert regrow_fit.resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(regrow_fit, "cpu_has_fast_bf16", lambda: True)
-    assert regrow_fit.resolve_precision("auto", cpu) == "bf16"
-    assert regrow_fit.resolve_precision("auto", torch.device("meta")) == "fp32"
-    monkeypatch.setattr(regrow_fit, "cpu_has_fast_bf16", lambda: False)
-    assert regrow_fit.resolve_precision("auto", cpu) == "fp32"
+    assert options.resolve_precision("fp32", cpu) == "fp32"
+    assert options.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(options, "cpu_has_fast_bf16", lambda: True)
+    assert options.resolve_precision("auto", cpu) == "bf16"
+    assert options.resolve_precision("auto", torch.device("meta")) == "fp32"
+    monkeypatch.setattr(options, "cpu_has_fast_bf16", lambda: False)
+    assert options.resolve_precision("auto", cpu) == "fp32"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -332,75 +324,9 @@ def test_precision_reaches_the_posterior_fit(monkeypatch, precision) -> None:
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
 
 
-@pytest.mark.parametrize("fold_first", [False, True])
-def test_frozen_flow_copy_matches_the_flow_and_leaves_it_alone(fold_first) -> None:
-    from vits_surgery.models.commons import has_weight_norm, remove_weight_norms
-
-    model = _voice()
-    if fold_first:  # a voice whose flow already has plain weights (e.g. an ONNX import)
-        remove_weight_norms(model.flow)
-    wn_before = [has_weight_norm(m) for m in model.flow.modules()]
-    assert any(wn_before) != fold_first
-    before = {k: v.clone() for k, v in model.flow.state_dict().items()}
-    torch.manual_seed(1)
-    c = model.config.inter_channels
-    z = torch.randn(2, c, 11)
-    mask = torch.ones(2, 1, 11)
-    mask[1, :, 7:] = 0
-    z = z * mask
-    with torch.no_grad():
-        ref = model.flow(z, mask).z
-    fp32 = regrow_fit.frozen_flow(model, torch.float32)
-    assert torch.allclose(fp32(z, mask), ref, atol=1e-5)
-    bf16 = regrow_fit.frozen_flow(model, torch.bfloat16)
-    z_in = z.clone().requires_grad_(True)
-    out = bf16(z_in, mask)
-    assert out.dtype == torch.float32 and not torch.equal(out, ref)
-    assert torch.allclose(out, ref, atol=0.1 * float(ref.abs().max()))
-    out.pow(2).sum().backward()  # gradients reach the input, and nothing else
-    assert z_in.grad is not None and torch.isfinite(z_in.grad).all() and z_in.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.flow.parameters())
-    # the model's own flow: same tensors, same weight-norm layers, still runs
-    after = model.flow.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert [has_weight_norm(m) for m in model.flow.modules()] == wn_before
-    with torch.no_grad():
-        assert torch.equal(model.flow(z, mask).z, ref)
-
-
-@pytest.mark.parametrize("precision, flow_precision, expected", [
-    ("bf16", None, None), ("fp32", "bf16", torch.bfloat16), ("fp32", "auto", torch.bfloat16), ("bf16", "fp32", None),
-])
-def test_flow_precision_reaches_the_posterior_fit(monkeypatch, precision, flow_precision, expected) -> None:
-    """The alignment term runs the posterior through a frozen bfloat16 copy of the flow when
-    ``flow_precision`` is bf16 ("auto": where the CPU has bfloat16 units, as for ``precision``),
-    through the model's own flow otherwise (the default, whatever ``precision`` is)."""
-    monkeypatch.setattr(regrow_fit, "cpu_has_fast_bf16", lambda: True)
-    made: list[torch.dtype] = []
-    real = regrow_fit.frozen_flow
-
-    def spy(model, dtype=torch.float32):
-        made.append(dtype)
-        return real(model, dtype)
-
-    monkeypatch.setattr(regrow_fit, "frozen_flow", spy)
-    flow_calls: list[bool] = []  # grad enabled at each call of the model's own flow
-    model = _voice()
-    model.flow.register_forward_hook(lambda *_: flow_calls.append(torch.is_grad_enabled()))
-    extra = {} if flow_precision is None else {"flow_precision": flow_precision}
-    report = _regrow_posterior_briefly(model, precision=precision, align_weight=0.5, **extra)
-    assert made == ([] if expected is None else [expected])
-    assert report.settings["flow_precision"] == ("bf16" if expected is not None else "fp32")
-    assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
-    assert flow_calls.count(True) == (0 if expected is not None else 3)  # the three training steps
-    assert flow_calls.count(False) >= 1  # the held-out evaluation uses the model's own flow either way
-    with pytest.raises(ValueError, match="flow_precision"):
-        regrow_fit.FitOptions(flow_precision="fp16")
-
-
 def test_discriminator_pool_is_sized_to_the_steps() -> None:
     utts = list(range(300))  # stand-ins: only the selection is under test
-    opts = regrow_fit.FitOptions(batch_size=8, segments_per_utterance=2)
+    opts = RegrowOptions(batch_size=8, segments_per_utterance=2)
     gen = torch.Generator().manual_seed(0)
     picked = regrow_fit.pool_utterances(utts, 30, opts, gen)  # 30 * 8 / 2 = 120 utterances
     assert len(picked) == 120 and len(set(picked)) == 120 and picked == sorted(picked)
@@ -410,40 +336,131 @@ def test_discriminator_pool_is_sized_to_the_steps() -> None:
     assert regrow_fit.pool_utterances(utts[:10], 1, opts, gen) == utts[:10]
 
 
-def test_whitened_prior_loss_is_the_error_in_prior_standard_deviations() -> None:
-    torch.manual_seed(0)
-    z_p, z_t, logs_e = torch.randn(2, 3, 5), torch.randn(2, 3, 5), 0.3 * torch.randn(2, 3, 5)
-    mask = torch.tensor([[[1, 1, 1, 1, 1]], [[1, 1, 1, 0, 0]]], dtype=torch.float32)
-    got = regrow_fit.whitened_prior_loss(z_p, z_t, logs_e, mask)
-    terms = [0.5 * float(((z_p[b, c, t] - z_t[b, c, t]) / logs_e[b, c, t].exp()) ** 2)
-             for b in range(2) for c in range(3) for t in range(5) if mask[b, 0, t]]
-    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+def test_options_presets() -> None:
+    assert RegrowOptions.quick() == RegrowOptions()
+    quick = RegrowOptions.quick()
+    assert (quick.n_utterances, quick.heldout(), quick.steps, quick.align_weight) == (120, 12, None, 0.0)
+    thorough = RegrowOptions.thorough()
+    assert (thorough.n_utterances, thorough.heldout()) == (1000, 60)
+    assert thorough.steps == {"posterior_encoder": 4500, "duration_posterior": 250, "discriminator": 60}
+    assert (thorough.align_weight, thorough.align_steps, thorough.align_log_std) == (1.0, 2000, "alignment")
+    assert RegrowOptions.thorough(n_utterances=10).n_utterances == 10
+    assert "progress" not in quick.cache_settings()
 
 
-@pytest.mark.parametrize("prior_weight, expected_calls", [(0.0, 0), (0.5, 3)])
-def test_prior_weight_reaches_the_posterior_fit(monkeypatch, prior_weight, expected_calls) -> None:
-    calls = _count_calls(monkeypatch, "whitened_prior_loss")
-    report = _regrow_posterior_briefly(prior_weight=prior_weight)
-    assert len(calls) == expected_calls and report.settings["prior_weight"] == prior_weight
+def test_deprecated_keywords_warn_and_removed_experiments_refuse(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(regrow_mod, "_regrow_uncached", lambda *a, **k: seen.append(a[6]) or regrow_mod.RegrowReport(()))
+    with pytest.warns(DeprecationWarning, match=r"regrow\(n_utterances=\.\.\.\) is deprecated"):
+        regrow(_voice(), ["posterior_encoder"], n_utterances=6, n_heldout=2, texts=TEXTS, use_cache=False,
+               progress=False)
+    assert (seen[-1].n_utterances, seen[-1].n_heldout) == (6, 2)
+    with pytest.warns(DeprecationWarning, match="kl_weight"):  # the old default: ignored, with a warning
+        regrow(_voice(), ["posterior_encoder"], _options(steps=1, lr=None), kl_weight=0.0, texts=TEXTS, use_cache=False)
+    for key, value in (("kl_weight", 0.5), ("prior_weight", 0.1), ("align_temperature", 2.0), ("compile", True),
+                       ("flow_precision", "bf16")):
+        with pytest.raises(TypeError, match=f"{key}.*benchmarks/regrow_terms.py"):
+            regrow(_voice(), ["posterior_encoder"], _options(), texts=TEXTS, **{key: value})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stepz'"):
+        regrow(_voice(), stepz=3)
 
 
-def test_compiled_forward_swaps_in_a_compiled_forward_and_restores_it() -> None:
-    torch.manual_seed(0)
-    conv = torch.nn.Conv1d(4, 4, 3, padding=1)
-    x = torch.randn(2, 4, 9)
-    ref = conv(x)
-    with regrow_fit.compiled_forward(conv):
-        assert "forward" in vars(conv)  # the instance carries the compiled forward
-        y = conv(x)
-    assert "forward" not in vars(conv)
-    assert torch.allclose(y, ref, atol=1e-5)
-    assert list(conv.state_dict()) == ["weight", "bias"]
+def test_deprecated_module_paths_warn() -> None:
+    import vits_surgery.surgery.regrow as old
+    import vits_surgery.surgery.regrow_data as old_data
+    import vits_surgery.surgery.regrow_fit as old_fit
+    from vits_surgery.regrowth import teacher
+
+    with pytest.warns(DeprecationWarning, match="vits_surgery.regrowth.core.regrow"):
+        assert old.regrow is regrow
+    with pytest.warns(DeprecationWarning, match="TeacherUtterance"):
+        assert old_data.Utterance is teacher.TeacherUtterance
+    with pytest.warns(DeprecationWarning, match="TeacherUtterance"):
+        assert teacher.Utterance is teacher.TeacherUtterance
+    with pytest.warns(DeprecationWarning, match="RegrowOptions"):
+        assert old_fit.FitOptions is RegrowOptions
 
 
-def test_compile_reaches_the_posterior_fit() -> None:
-    model = _voice()
-    keys = list(model.posterior_encoder.state_dict())
-    report = _regrow_posterior_briefly(model, compile=True, precision="fp32")
-    assert report.settings["compile"] is True and report.steps["posterior_encoder"] == 3
-    assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
-    assert list(model.posterior_encoder.state_dict()) == keys and "forward" not in vars(model.posterior_encoder.enc)
+def test_cache_key_covers_tokens_versions_and_device(regrown) -> None:
+    import vits_surgery
+
+    _, _, report, _, _ = regrown
+    settings = report.settings
+    assert settings["library"] == vits_surgery.__version__ and settings["torch"] == torch.__version__
+    assert settings["device"] == "cpu" and len(settings["tokens"]) == 64
+    key, model = regrow_mod._fingerprint, _voice()
+    base = key(model, report.organs, settings)
+    for field, other in (("library", "0.0.0"), ("torch", "0.0"), ("device", "cuda:0"), ("tokens", "0" * 64)):
+        assert key(model, report.organs, {**settings, field: other}) != base, field
+
+
+def test_token_ids_key_the_cache_not_only_the_text(tmp_path, monkeypatch) -> None:
+    """Same texts, same config, other token ids (e.g. another phonemizer version): another entry."""
+    first = _regrow(_voice(), tmp_path, organs=["duration_posterior"], steps=2, lr=None)
+    assert _regrow(_voice(), tmp_path, organs=["duration_posterior"], steps=2, lr=None).cached
+    real = regrow_mod.tokenize_texts
+    monkeypatch.setattr(regrow_mod, "tokenize_texts", lambda model, texts: [ids[::-1] for ids in real(model, texts)])
+    second = _regrow(_voice(), tmp_path, organs=["duration_posterior"], steps=2, lr=None)
+    assert not second.cached and second.cache_path != first.cache_path
+    assert second.settings["tokens"] != first.settings["tokens"] and second.settings["config"] == first.settings["config"]
+
+
+def test_duration_posterior_alone_keys_the_posterior_encoder_it_measures_with(tmp_path) -> None:
+    """Regrowing only the duration posterior still measures recovery through the posterior
+    encoder: another posterior encoder is another entry, so its metrics are never stale."""
+    first = _regrow(_voice(), tmp_path, organs=["duration_posterior"], steps=2, lr=None)
+    again = _regrow(_voice(), tmp_path, organs=["duration_posterior"], steps=2, lr=None)
+    assert again.cached and again.metrics == first.metrics
+    changed = _voice()
+    with torch.no_grad():
+        changed.posterior_encoder.proj.bias.add_(0.5)
+    fresh = _regrow(changed, tmp_path, organs=["duration_posterior"], steps=2, lr=None)
+    assert not fresh.cached
+    assert fresh.metrics["recovery_all_tokens"] != first.metrics["recovery_all_tokens"] or \
+        fresh.metrics["kl"] != first.metrics["kl"]
+    with torch.no_grad():  # the discriminator is not read when it does not regrow: not in the key
+        changed.discriminator.nets[0].conv_post.bias.add_(1.0)
+    assert _regrow(changed, tmp_path, organs=["duration_posterior"], steps=2, lr=None).cached
+
+
+def test_recovery_counts_phoneme_tokens_and_all_tokens(regrown) -> None:
+    _, after, report, _, heldout = regrown
+    special = metrics.special_token_ids(after)
+    assert special  # the tiny front end interleaves a blank
+    hits = {"phonemes": [0, 0], "all": [0, 0]}
+    with torch.no_grad():
+        for u in heldout:
+            durations, _, _ = metrics._training_path(after.eval(), u, 0.0, None)
+            ok = (durations - u.durations).abs() <= 1
+            phoneme = torch.tensor([int(t) not in special for t in u.tokens])
+            hits["phonemes"][0] += int((ok & phoneme).sum())
+            hits["phonemes"][1] += int(phoneme.sum())
+            hits["all"][0] += int(ok.sum())
+            hits["all"][1] += ok.numel()
+    assert 0 < hits["phonemes"][1] < hits["all"][1]  # blanks left out
+    for tokens, (ok, n) in hits.items():
+        assert duration_recovery(after, heldout, sample=False, tokens=tokens) == pytest.approx(ok / n)
+    with pytest.raises(ValueError, match="tokens"):
+        duration_recovery(after, heldout, tokens="phones")
+    keys = {"recovery_phonemes", "recovery_all_tokens", "recovery_mean_phonemes", "recovery_mean_all_tokens"}
+    assert keys <= set(report.metrics) and "recovery" not in report.metrics
+    assert report.duration_recovery == report.metrics["recovery_phonemes"]
+    assert "phoneme tokens" in report.summary()
+
+
+def test_extra_terms_see_the_step_and_add_to_the_loss(monkeypatch) -> None:
+    seen = []
+
+    class Probe:
+        needs_sample = True
+
+        def __call__(self, step):
+            seen.append((step.phase, step.sampled, tuple(step.z_p.shape), step.post.mask.shape[-1]))
+            return step.z_p.new_zeros(())
+
+        def __repr__(self) -> str:
+            return "Probe()"
+
+    report = _regrow_posterior_briefly(extra_terms=[Probe()], align_weight=0.5, align_steps=1)
+    assert [s[0] for s in seen] == ["main"] * 3 + ["alignment"]
+    assert all(s[1] for s in seen) and report.settings["extra_terms"] == ["Probe()"]

@@ -27,22 +27,23 @@ from reliability_worker import make_batches
 from surgery_helpers import tiny_model
 
 import vits_surgery
-from vits_surgery import checkpoint as ckpt
+from vits_surgery import _files
 from vits_surgery.audio import resample
 from vits_surgery.config import preset
-from vits_surgery.convert import ConversionError
+from vits_surgery.convert import ConversionError, native
 from vits_surgery.convert.safeload import UnsafeCheckpointError
 from vits_surgery.data import DataError, TextAudioDataset, make_loader, read_ljspeech
 from vits_surgery.data import dataset as dataset_module
 from vits_surgery.models.vits import VITS
+from vits_surgery.surgery import rundir
+from vits_surgery.surgery.callbacks import RunLogger, read_metrics
 from vits_surgery.surgery.plan import SurgeryPlan
-from vits_surgery.surgery.runlog import RunLogger, read_metrics
 from vits_surgery.surgery.trainer import NonFiniteLossError, SurgicalTrainer, TrainConfig
 from vits_surgery.text import Tokenizer, UnknownSymbolError
 
 COQUI = Path(__file__).parent / "fixtures" / "coqui"
 CFG = preset("tiny")  # 16 kHz, hop 64
-BROKEN = (ConversionError, ckpt.CheckpointError)
+BROKEN = (ConversionError, native.CheckpointError)
 
 
 # ============================================================================ untrusted files
@@ -137,10 +138,10 @@ def test_trainer_state_payload_is_refused_on_resume(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, save_every=1)
     trainer.fit(1)
     marker = tmp_path / "payload_ran"
-    state_file = ckpt.latest_checkpoint(tmp_path) / ckpt.STATE_FILE
+    state_file = rundir.latest_checkpoint(tmp_path) / rundir.STATE_FILE
     state = torch.load(state_file, weights_only=True)
     torch.save({**state, "extra": _SystemPayload(marker)}, state_file)
-    with pytest.raises(ckpt.CheckpointError, match=rf"{re.escape(str(state_file))}.*run code"):
+    with pytest.raises(native.CheckpointError, match=rf"{re.escape(str(state_file))}.*run code"):
         _trainer(tmp_path).fit(2, resume=True)
     assert not marker.exists()
     assert not (tmp_path / ".lock").exists()
@@ -171,9 +172,9 @@ def _cut(src: Path, dst: Path, fraction: float) -> Path:
 
 
 def _native(tmp: Path) -> Path:
-    if not (tmp / "native" / ckpt.MODEL_FILE).is_file():
-        ckpt.save(tiny_model(seed=1), tmp / "native")
-    return tmp / "native" / ckpt.MODEL_FILE
+    if not (tmp / "native" / native.MODEL_FILE).is_file():
+        native.save(tiny_model(seed=1), tmp / "native")
+    return tmp / "native" / native.MODEL_FILE
 
 
 def _overwrite_tail(src: Path, dst: Path, n: int) -> Path:
@@ -186,7 +187,7 @@ def _overwrite_tail(src: Path, dst: Path, n: int) -> Path:
 def _in_folder(tmp: Path, name: str, data: bytes, extra: dict[str, str] | None = None) -> Path:
     folder = tmp / name
     folder.mkdir()
-    (folder / ckpt.MODEL_FILE).write_bytes(data)
+    (folder / native.MODEL_FILE).write_bytes(data)
     for fname, text in (extra or {}).items():
         (folder / fname).write_text(text)
     return folder
@@ -299,7 +300,7 @@ def test_native_checkpoint_with_wrong_keys_names_file_and_keys(tmp_path: Path, c
     from safetensors.torch import save_file
 
     model = tiny_model(seed=2)
-    tensors, _, meta = ckpt.read_native(ckpt.save(model, tmp_path / "ok"))
+    tensors, _, meta = native.read_native(native.save(model, tmp_path / "ok"))
     key = "flow.flows.0.pre.bias"
     if case == "missing":
         del tensors[key]
@@ -309,7 +310,7 @@ def test_native_checkpoint_with_wrong_keys_names_file_and_keys(tmp_path: Path, c
     else:
         tensors[key] = torch.zeros(7)
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(ckpt.CheckpointError, match=rf"bad\.safetensors does not fit the model: .*{re.escape(key)}"):
+    with pytest.raises(native.CheckpointError, match=rf"bad\.safetensors does not fit the model: .*{re.escape(key)}"):
         vits_surgery.load(tmp_path / "bad.safetensors")
 
 
@@ -511,7 +512,7 @@ def test_nonfinite_loss_is_skipped_counted_logged_and_k_in_a_row_stop(tmp_path: 
     assert "non-finite loss or gradient, update skipped (1 in a row, 1 in total)" in caplog.text
     assert "(3 in a row, 4 in total)" in caplog.text
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    last = ckpt.latest_checkpoint(tmp_path)
+    last = rundir.latest_checkpoint(tmp_path)
     assert last.name == "step_00000002" and not (tmp_path / ".lock").exists()
     good = vits_surgery.load(last)  # the last good checkpoint is intact and loads
     assert all(torch.isfinite(p).all() for p in good.parameters())
@@ -626,7 +627,7 @@ def test_nonfinite_discriminator_loss_skips_the_whole_window(tmp_path: Path, cap
 
 def _failing_writes(monkeypatch, fail_on_call: int) -> list[Path]:
     """Patch the atomic writer: the ``fail_on_call``-th file gets half its bytes, then ENOSPC."""
-    real = ckpt.atomic_write
+    real = _files.atomic_write
     calls: list[Path] = []
 
     class _Full:
@@ -643,7 +644,7 @@ def _failing_writes(monkeypatch, fail_on_call: int) -> list[Path]:
             return real(path, lambda f: write(_Full(f)))
         return real(path, write)
 
-    monkeypatch.setattr(ckpt, "atomic_write", patched)
+    monkeypatch.setattr(_files, "atomic_write", patched)
     return calls
 
 
@@ -653,28 +654,28 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, m
     trainer = _trainer(tmp_path, save_every=2)
     with pytest.raises(OSError, match="No space left"):
         trainer.fit(6)
-    assert calls[fail_on - 1].name in (ckpt.MODEL_FILE, ckpt.STATE_FILE, "plan.json")
+    assert calls[fail_on - 1].name in (native.MODEL_FILE, rundir.STATE_FILE, "plan.json")
     assert trainer.step == 4 and not (tmp_path / ".lock").exists()
-    assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path)] == [2]  # no partial step_4 replaced anything
+    assert [s for s, _ in rundir.checkpoint_dirs(tmp_path)] == [2]  # no partial step_4 replaced anything
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]  # nothing half-written left
-    previous = ckpt.latest_checkpoint(tmp_path)
-    assert ckpt.load_trainer_state(previous)["step"] == 2
+    previous = rundir.latest_checkpoint(tmp_path)
+    assert rundir.load_trainer_state(previous)["step"] == 2
     vits_surgery.load(previous)
     monkeypatch.undo()  # space is freed: the run resumes from step 2 and saves again
     resumed = _trainer(tmp_path, save_every=2)
     resumed.fit(4, resume=True)
-    assert [s for s, _ in ckpt.checkpoint_dirs(tmp_path)] == [2, 4]
+    assert [s for s, _ in rundir.checkpoint_dirs(tmp_path)] == [2, 4]
 
 
 def test_a_stale_temporary_checkpoint_is_not_carried_into_the_next_save(tmp_path: Path) -> None:
     """A process killed mid-save leaves ``.step_N.tmp``; the next save of step N starts it afresh."""
     stale = tmp_path / "checkpoints" / ".step_00000002.tmp"
     stale.mkdir(parents=True)
-    (stale / f".{ckpt.STATE_FILE}.tmp-99999").write_bytes(b"half a file")
+    (stale / f".{rundir.STATE_FILE}.tmp-99999").write_bytes(b"half a file")
     (stale / "leftover.bin").write_bytes(b"x")
     _trainer(tmp_path, save_every=2).fit(2)
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "step_00000002").iterdir()) == [
-        ckpt.MODEL_FILE, "plan.json", ckpt.STATE_FILE,
+        native.MODEL_FILE, "plan.json", rundir.STATE_FILE,
     ]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]
 
@@ -682,17 +683,17 @@ def test_a_stale_temporary_checkpoint_is_not_carried_into_the_next_save(tmp_path
 @pytest.mark.parametrize("damage", ["truncated_weights", "truncated_state", "other_config"])
 def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path: Path, damage: str) -> None:
     _trainer(tmp_path, save_every=1).fit(1)
-    last = ckpt.latest_checkpoint(tmp_path)
+    last = rundir.latest_checkpoint(tmp_path)
     if damage == "truncated_weights":
-        _cut(last / ckpt.MODEL_FILE, last / ckpt.MODEL_FILE, 0.5)
-        target, pattern = ckpt.MODEL_FILE, "truncated or corrupt"
+        _cut(last / native.MODEL_FILE, last / native.MODEL_FILE, 0.5)
+        target, pattern = native.MODEL_FILE, "truncated or corrupt"
     elif damage == "truncated_state":
-        _cut(last / ckpt.STATE_FILE, last / ckpt.STATE_FILE, 0.5)
-        target, pattern = ckpt.STATE_FILE, "truncated or corrupt"
+        _cut(last / rundir.STATE_FILE, last / rundir.STATE_FILE, 0.5)
+        target, pattern = rundir.STATE_FILE, "truncated or corrupt"
     else:  # weights of a model with another width
-        ckpt.save(VITS(preset("tiny", inter_channels=8)), last)
-        target, pattern = ckpt.MODEL_FILE, "does not fit the model: misshaped: "
-    with pytest.raises(ckpt.CheckpointError, match=rf"{re.escape(str(last / target))}.*{pattern}"):
+        native.save(VITS(preset("tiny", inter_channels=8)), last)
+        target, pattern = native.MODEL_FILE, "does not fit the model: misshaped: "
+    with pytest.raises(native.CheckpointError, match=rf"{re.escape(str(last / target))}.*{pattern}"):
         _trainer(tmp_path).fit(2, resume=True)
     assert not (tmp_path / ".lock").exists()
 
@@ -714,13 +715,13 @@ def test_alignment_does_not_undo_the_torch_thread_setting() -> None:
 
 def test_prune_removes_a_half_deleted_checkpoint(tmp_path: Path) -> None:
     for step, files in ((1, 2), (2, 1), (3, 2), (4, 2), (5, 1)):  # 2 and 5 are incomplete
-        d = ckpt.step_dir(tmp_path, step)
+        d = rundir.step_dir(tmp_path, step)
         d.mkdir(parents=True)
-        (d / ckpt.STATE_FILE).write_bytes(b"x")
+        (d / rundir.STATE_FILE).write_bytes(b"x")
         if files == 2:
-            (d / ckpt.MODEL_FILE).write_bytes(b"x")
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"  # incomplete ones are never resumed from
-    removed = sorted(p.name for p in ckpt.prune_checkpoints(tmp_path, keep_last=2))
+            (d / native.MODEL_FILE).write_bytes(b"x")
+    assert rundir.latest_checkpoint(tmp_path).name == "step_00000004"  # incomplete ones are never resumed from
+    removed = sorted(p.name for p in rundir.prune_checkpoints(tmp_path, keep_last=2))
     assert removed == ["step_00000001", "step_00000002"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_00000003", "step_00000004", "step_00000005",  # newer than the newest: left alone

@@ -15,7 +15,7 @@ import torch
 from surgery_helpers import speech_batch, tiny_model
 
 from vits_surgery import ListeningCallback, SurgeryPlan, SurgicalTrainer, TrainConfig, build_report
-from vits_surgery.surgery.runlog import RunLogger, read_metrics
+from vits_surgery.surgery.callbacks import RunLogger, read_metrics
 
 SENTENCES = ["Hello world.", "A second sentence."]
 EVALUATION = {
@@ -35,8 +35,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = [speech_batch(model.config, 2, seed=i, max_seconds=0.4) for i in range(2)]
     listen = ListeningCallback(SENTENCES, every=1, out_dir=out, tensorboard=False, max_seconds=1.0)
     trainer = SurgicalTrainer(
-        model, SurgeryPlan.cadence(), data, out_dir=out, listener=listen,
-        config=TrainConfig(lr=1e-2, sample_every=1, save_every=0, progress=False, device="cpu"),
+        model, SurgeryPlan.cadence(), data, out_dir=out,
+        config=TrainConfig(lr=1e-2, save_every=0, progress=False, device="cpu"),
         callbacks=[RunLogger(), listen],
     )
     trainer.fit(max_steps=2)

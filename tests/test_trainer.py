@@ -9,10 +9,11 @@ import pytest
 import torch
 from surgery_helpers import explicit_noise, reference_losses, speech_batch, tiny_model
 
-from vits_surgery.checkpoint import latest_checkpoint, read_native
+from vits_surgery.convert.native import read_native
 from vits_surgery.losses import weighted_total
 from vits_surgery.surgery.callbacks import Callback
 from vits_surgery.surgery.plan import SurgeryPlan
+from vits_surgery.surgery.rundir import latest_checkpoint
 from vits_surgery.surgery.trainer import NonFiniteLossError, SurgicalTrainer, TrainConfig
 
 PLANS = {
@@ -208,6 +209,7 @@ class _Recorder(Callback):
 
 
 def test_fit_on_speech(batches, tmp_path):
+    """Also the deprecated listener= / sample_every path: it warns and still samples at 0, 2, 4."""
     recorder = _Recorder()
 
     def listener(trainer, step):
@@ -215,10 +217,13 @@ def test_fit_on_speech(batches, tmp_path):
         wav = trainer.model.infer(batches[0].tokens[:1], generator=torch.Generator().manual_seed(0)).audio
         return {"audio": wav}
 
-    trainer = SurgicalTrainer(
-        tiny_model(), SurgeryPlan.timbre(), batches, out_dir=tmp_path, callbacks=[recorder],
-        listener=listener, config=TrainConfig(progress=True, seed=0, save_every=2, keep_last=2, sample_every=2),
-    )
+    with pytest.warns(DeprecationWarning, match="sample_every"):
+        config = TrainConfig(progress=True, seed=0, save_every=2, keep_last=2, sample_every=2)
+    with pytest.warns(DeprecationWarning, match="listener"):
+        trainer = SurgicalTrainer(
+            tiny_model(), SurgeryPlan.timbre(), batches, out_dir=tmp_path, callbacks=[recorder],
+            listener=listener, config=config,
+        )
     logs = trainer.fit(5)
     kinds = [e[0] for e in recorder.events]
     assert kinds[0] == "start" and kinds[-1] == "end"

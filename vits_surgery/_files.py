@@ -44,10 +44,10 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], d
     return path
 
 
-def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
-    """:func:`atomic_write` of UTF-8 text."""
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of UTF-8 text (durable)."""
     data = text.encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data), durable)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def fsync_dir(path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._files import atomic_write
+from .. import _files
 from ..config import VITSConfig
 
 __all__ = [
@@ -74,7 +74,7 @@ def save(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None 
     meta[_VERSION_KEY] = str(FORMAT_VERSION)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     blob = st_save(tensors, metadata=meta)
-    return atomic_write(_model_file(Path(path)), lambda f: f.write(blob))
+    return _files.atomic_write(_model_file(Path(path)), lambda f: f.write(blob))
 
 
 def read_native(path: str | Path) -> tuple[dict[str, torch.Tensor], VITSConfig, dict[str, str]]:

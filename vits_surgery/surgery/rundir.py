@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write, fsync_dir
+from .. import _files
 from ..convert.native import MODEL_FILE, CheckpointError
 
 __all__ = [
@@ -50,7 +50,7 @@ def save_trainer_state(state: Mapping[str, Any], path: str | Path) -> Path:
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     data = buffer.getvalue()
-    return atomic_write(path, lambda f: f.write(data))
+    return _files.atomic_write(path, lambda f: f.write(data))
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def commit_dir(tmp: Path, final: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    fsync_dir(final.parent)
+    _files.fsync_dir(final.parent)
     return final
 
 

@@ -47,8 +47,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _files
 from .._deprecated import warn_renamed
-from .._files import atomic_write_text
 from ..batch import Batch
 from ..convert import native
 from ..losses import weighted_total
@@ -484,7 +484,7 @@ class SurgicalTrainer:
             try:
                 native.save(self.model, tmp, metadata={"vits_surgery_plan": self.plan.to_json()})
                 rundir.save_trainer_state(self.state_dict(), tmp / rundir.STATE_FILE)
-                atomic_write_text(tmp / "plan.json", self.plan.to_json())
+                _files.atomic_write_text(tmp / "plan.json", self.plan.to_json())
             except BaseException:  # disk full, interrupted: the previous checkpoint stays the latest
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
