@@ -175,9 +175,13 @@ def test_sub_organ_paths():
         sub_organ_of("decoder.conv_pre.weight", 0)
 
 
-def test_surgery_plan_auto_is_a_valid_plan(batches, report, tmp_path):
+def test_auto_plan_is_a_valid_plan(batches, report, tmp_path):
+    import vits_surgery
+
     model = tiny_model()
-    plan = SurgeryPlan.auto(model, batches, top_k=2, n_batches=2, scale_lr=True)
+    plan = vits_surgery.auto_plan(model, batches, top_k=2, n_batches=2, scale_lr=True)
+    with pytest.warns(DeprecationWarning, match="auto_plan"):  # the old spelling, one release
+        assert SurgeryPlan.auto(model, batches, top_k=2, n_batches=2, scale_lr=True) == plan
     assert plan.name == "auto" and list(plan.train) == report.ranking()[:2]
     top, second = (report.row(n) for n in plan.train)
     assert plan.lr_scale == pytest.approx({top.name: 1.0, second.name: second.rgn / top.rgn})
@@ -243,3 +247,30 @@ def test_bad_arguments_are_refused(report, batches):
         relative_gradient_norms(tiny_model(), [{"tokens": 1}])
     with pytest.raises(KeyError, match="no organ named"):
         report.row("decodr")
+
+
+def test_auto_rgn_builds_no_trainer_and_takes_a_loss_path(batches, report, monkeypatch):
+    """The scores come from the shared LossPath (no SurgicalTrainer is built); a LossPath
+    subclass changes the loss they rank by; the deprecated trainer_cls still works, with a warning."""
+    from vits_surgery.surgery import trainer as trainer_module
+    from vits_surgery.surgery.step import LossPath
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("Auto-RGN must not build a trainer")
+
+    monkeypatch.setattr(trainer_module.SurgicalTrainer, "__init__", no_trainer)
+    model = tiny_model()
+    again = relative_gradient_norms(model, batches, n_batches=2)
+    assert again.ranking() == report.ranking()
+
+    class DoubledDuration(LossPath):
+        def generator_losses(self, batch, out, disc_out=None):
+            losses = super().generator_losses(batch, out, disc_out)
+            return {k: (2 * v if k == "gen/dur" else v) for k, v in losses.items()}
+
+    doubled = relative_gradient_norms(model, batches, n_batches=2, loss_path_cls=DoubledDuration)
+    assert doubled.losses["gen/dur"] == pytest.approx(2 * again.losses["gen/dur"], rel=1e-5)
+    monkeypatch.undo()
+    with pytest.warns(DeprecationWarning, match="trainer_cls"):
+        old = relative_gradient_norms(model, batches, n_batches=2, trainer_cls=SurgicalTrainer)
+    assert old.ranking() == again.ranking()

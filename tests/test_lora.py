@@ -17,6 +17,7 @@ from vits_surgery.surgery.lora import (
     inject_lora,
     lora_layers,
     lora_parameters,
+    lora_state,
     lora_state_dict,
     merge_lora,
     remove_lora,
@@ -217,3 +218,39 @@ def test_cadence_lora_plan_trains_only_adapters(tmp_path):
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in base.items())
     assert any(not torch.equal(adapters[k], before[k]) for k in adapters if k.endswith("lora_b"))
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_non_finite_adapter_is_never_merged(poison):
+    """models.lora checks the update before it folds it: nothing changes, the error names the layer."""
+    from vits_surgery.models.lora import NonFiniteAdapterError, merge_adapters
+
+    model = tiny_model()
+    inject_lora(model, {"decoder": 2})
+    _randomize_adapters(model)
+    name = next(iter(lora_layers(model)))
+    with torch.no_grad():
+        lora_layers(model)[name].lora_b[0, 0] = poison
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for merge in (merge_lora, lambda m: remove_lora(m, merge=True), merge_adapters):
+        with pytest.raises(NonFiniteAdapterError, match=name.replace(".", r"\.")):
+            merge(model)
+        after = model.state_dict()
+        assert after.keys() == before.keys()
+        assert all(torch.equal(after[k], before[k]) or not torch.isfinite(before[k]).all() for k in before)
+        assert not any(lora_state(m).merged for m in lora_layers(model).values())
+    assert remove_lora(model, merge=False) == len([k for k in before if k.endswith(".lora_a")])
+    assert not lora_layers(model)  # dropping the adapter without merging is always possible
+
+
+def test_merge_adapters_serves_the_inference_copies():
+    from vits_surgery.models.lora import merge_adapters
+
+    model = tiny_model().eval()
+    assert merge_adapters(model) == 0
+    inject_lora(model, {"decoder": 2})
+    _randomize_adapters(model)
+    ref = _infer(model)
+    n = len(lora_layers(model))
+    assert merge_adapters(model) == n and not lora_layers(model)
+    torch.testing.assert_close(_infer(model), ref, rtol=0, atol=1e-6)

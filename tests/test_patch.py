@@ -196,3 +196,21 @@ def test_make_patch_from_a_trainer_and_refusals(voices, tmp_path):
     native.save(base, tmp_path / "voice")
     with pytest.raises(ValueError, match="not a vits_surgery patch"):
         Patch.load(tmp_path / "voice" / native.MODEL_FILE)
+
+
+def test_a_non_finite_patch_is_refused_before_it_touches_the_voice(voices):
+    import re
+
+    from vits_surgery.models.lora import NonFiniteAdapterError
+
+    base, _, timbre = voices
+    patch = make_patch(base, timbre, organs=["dec"])
+    key = next(iter(patch.weights))
+    patch.weights[key] = patch.weights[key].clone()
+    patch.weights[key].view(-1)[0] = float("nan")
+    voice = copy.deepcopy(base)
+    before = {k: v.clone() for k, v in voice.state_dict().items()}
+    with pytest.raises(NonFiniteAdapterError, match=re.escape(key)):
+        apply_patch(voice, patch)
+    assert all(torch.equal(v, before[k]) for k, v in voice.state_dict().items())
+    assert not applied_patches(voice)

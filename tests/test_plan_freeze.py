@@ -177,3 +177,33 @@ def test_frozen_eval_can_be_disabled():
     apply_plan(model, SurgeryPlan(train=["duration_predictor"], frozen_eval=False))
     model.train()
     assert all(m.training for m in model.modules())
+
+
+def test_preserved_restores_flags_modes_and_the_applied_plan() -> None:
+    from vits_surgery.surgery.freeze import _FROZEN_ATTR, preserved
+
+    model = tiny_model()
+    apply_plan(model, SurgeryPlan.cadence())
+    model.train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    frozen = getattr(model, _FROZEN_ATTR)
+    with preserved(model) as inside:
+        assert inside is model
+        release_plan(model)  # anything goes inside
+        apply_plan(model, SurgeryPlan.timbre())
+        model.eval()
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert getattr(model, _FROZEN_ATTR) == frozen
+    model.train()  # the cadence plan's train() is back: the text encoder stays in eval
+    assert not model.text_encoder.training and model.duration_predictor.training
+    with pytest.raises(RuntimeError, match="boom"), preserved(model):
+        release_plan(model)
+        raise RuntimeError("boom")
+    assert getattr(model, _FROZEN_ATTR) == frozen  # restored on an error too
+    bare = tiny_model()
+    with preserved(bare):
+        apply_plan(bare, SurgeryPlan.cadence())
+    assert _FROZEN_ATTR not in bare.__dict__ and "train" not in bare.__dict__  # no plan before: none after
+    assert all(p.requires_grad for p in bare.parameters())

@@ -277,3 +277,40 @@ def test_a_plan_no_weighted_loss_reaches_is_refused(tmp_path):
             tiny_model(), SurgeryPlan.accent(loss_weights={"gen/kl": 0.0}), out_dir=tmp_path,
             config=TrainConfig(progress=False),
         )
+
+
+def test_step_plan_in_words_is_logged(batches, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="vits_surgery.surgery.trainer"):
+        trainer = _trainer(SurgeryPlan.cadence(), tmp_path)
+    words = "grad: duration_predictor; no_grad: text_encoder, posterior_encoder, flow; skipped: decoder, discriminator"
+    assert trainer.step_plan.describe() == words
+    assert f"step plan: {words}" in caplog.text
+    timbre = _trainer(SurgeryPlan.timbre(), tmp_path / "t").step_plan.describe()
+    assert timbre == ("grad: posterior_encoder, flow, decoder, discriminator; no_grad: text_encoder; "
+                      "skipped: duration_predictor")
+
+
+def test_rng_and_the_loss_path_seam(batches, tmp_path):
+    """The trainer's generator is ``rng`` (the old name warns); a LossPath subclass set as
+    ``loss_path_cls`` replaces the step's forward and the trainer trains on it."""
+    from vits_surgery.surgery.step import LossPath
+
+    trainer = _trainer(SurgeryPlan.cadence(), tmp_path)
+    assert trainer.loss_path.rng is trainer.rng
+    with pytest.warns(DeprecationWarning, match="SurgicalTrainer.rng"):
+        assert trainer.generator is trainer.rng
+    calls = []
+
+    class Counted(LossPath):
+        def forward(self, batch, noise=None):
+            calls.append(batch.ids)
+            return super().forward(batch, noise)
+
+    class CountedTrainer(SurgicalTrainer):
+        loss_path_cls = Counted
+
+    counted = CountedTrainer(tiny_model(), SurgeryPlan.cadence(), batches, out_dir=tmp_path / "c",
+                             config=TrainConfig(progress=False, seed=0, save_every=0))
+    assert isinstance(counted.loss_path, Counted)
+    logs = counted.training_step(batches[0])
+    assert len(calls) == 1 and math.isfinite(logs["gen/dur"]) and counted.step == 1
