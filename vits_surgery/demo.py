@@ -67,6 +67,13 @@ def demo_sentences() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _have_tensorboard() -> bool:
+    """TensorBoard logging is optional (the ``tensorboard`` extra); the report needs only the WAVs."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def _sentences(n: int) -> list[str]:
     """``n`` donor sentences: the shipped list, cycled when ``n`` is larger."""
     lines = demo_sentences()
@@ -219,7 +226,8 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, settings: De
     dataset = TextAudioDataset(from_pairs(pairs), model.config, cache_dir=out / "cache")
     loader = make_loader(dataset, batch_size=s.batch_size, seed=1234)
     run_dir = out / "run"
-    listener = ListeningCallback(list(TEST_SENTENCES[:2]), every=s.sample_every, out_dir=run_dir)
+    listener = ListeningCallback(list(TEST_SENTENCES[:2]), every=s.sample_every, out_dir=run_dir,
+                                 tensorboard=_have_tensorboard())
     trainer = SurgicalTrainer(
         model, SurgeryPlan.cadence(), loader, lr=s.lr, out_dir=run_dir,
         config=TrainConfig(save_every=0, keep_last=1, log_every=max(1, s.steps // 10)),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -163,9 +164,8 @@ class SurgeryPlan:
         from .._deprecated import warn_renamed
 
         warn_renamed("SurgeryPlan.auto()", "vits_surgery.auto_plan()")
-        # the plan is plain data: it does not depend on the algorithm, only this alias reaches it
-        auto = importlib.import_module("vits_surgery.surgery.auto")
-        return auto.auto_plan(model, donor_data, plan_cls=cls, **kwargs)
+        # the plan is plain data and imports no algorithm: the alias calls the public replacement
+        return sys.modules["vits_surgery"].auto_plan(model, donor_data, plan_cls=cls, **kwargs)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
