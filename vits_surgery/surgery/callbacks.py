@@ -7,7 +7,9 @@ every run can use: :class:`ProgressBar` (a tqdm bar with live losses) and :class
 Subclass :class:`Callback` and override the hooks you need; every hook is a no-op by default.
 The trainer calls them in this order::
 
-    on_fit_start -> (on_step_end -> [on_sample] -> [on_save])* -> on_fit_end
+    on_fit_start -> (on_step_end -> [on_save])* -> on_fit_end
+
+(``on_sample`` follows ``on_step_end`` only on the deprecated ``listener=`` path of the trainer.)
 
 ``logs`` is a flat ``dict[str, float]`` with namespaced keys (``gen/mel``, ``disc/real``,
 ``lr/decoder``, ``time/step``...).
@@ -39,7 +41,8 @@ class Callback:
         """Called after each optimisation step with that step's losses and learning rates."""
 
     def on_sample(self, trainer: SurgicalTrainer, step: int, samples: dict[str, Any]) -> None:
-        """Called after a listening checkpoint (step 0 = baseline) with its synthesized samples."""
+        """Deprecated path (removed in vits_surgery 0.3): called with the samples of the trainer's
+        ``listener=`` at step 0 and every ``sample_every`` steps."""
 
     def on_save(self, trainer: SurgicalTrainer, step: int, path: Path) -> None:
         """Called after a checkpoint was written to ``path``."""
