@@ -216,7 +216,9 @@ def _output_buffer(shape: torch.Size) -> torch.Tensor:
     if fitting:
         storage = pool[fitting[0]][0]
     else:
-        storage = torch.UntypedStorage(4 * numel)
+        # NumPy asks the kernel for transparent huge pages on large arrays (torch does not):
+        # fewer TLB misses when the kernel writes the path
+        storage = torch.from_numpy(np.empty(numel, np.float32)).untyped_storage()
         entry = (storage, use_count(storage._cdata))  # the pool's own references
         if free:  # a free buffer too small for this shape: replace it
             pool[free[0]] = entry
