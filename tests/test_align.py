@@ -230,3 +230,87 @@ def test_torch_backend_on_cuda_matches_cpu() -> None:
     path = maximum_path(log_p.cuda(), mask.cuda())  # auto picks torch on CUDA
     assert path.device.type == "cuda"
     assert torch.equal(path.cpu(), reference_path(log_p, mask))
+
+
+def test_numba_serial_and_parallel_kernels_match(monkeypatch) -> None:
+    """One thread (or a small batch) runs the serial kernel, more threads the parallel one."""
+    from vits_surgery.align import _numba_kernels, search
+
+    g = torch.Generator().manual_seed(4)
+    t_x, t_y = [57, 12, 80, 31, 80], [300, 12, 233, 95, 80]
+    mask = make_mask(t_x, t_y, 80, 300)
+    log_p = torch.randn(5, 80, 300, generator=g)
+    expected = reference_path(log_p, mask)
+    calls = []
+    for name in ("maximum_path_serial", "maximum_path_parallel"):
+        kernel = getattr(_numba_kernels, name)
+        monkeypatch.setattr(_numba_kernels, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(maximum_path(log_p, mask, backend="numba"), expected)
+        torch.set_num_threads(2)
+        assert torch.equal(maximum_path(log_p[:1], mask[:1], backend="numba"), expected[:1])  # batch of one
+        monkeypatch.setattr(search, "SERIAL_BELOW_CELLS", 0)
+        assert torch.equal(maximum_path(log_p, mask, backend="numba"), expected)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == ["maximum_path_serial", "maximum_path_serial", "maximum_path_parallel"]
+
+
+def test_numba_serial_path_starts_no_thread_pool() -> None:
+    code = (
+        "import torch\n"
+        "from numba.np.ufunc import parallel\n"
+        "from vits_surgery.align import maximum_path\n"
+        "torch.set_num_threads(1)\n"
+        "maximum_path(torch.randn(4, 20, 60), torch.ones(4, 20, 60), backend='numba')\n"
+        "assert not parallel._is_initialized, 'the one-thread path started the thread pool'\n"
+        "assert torch.get_num_threads() == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numba_output_buffers_are_never_shared_with_a_live_result() -> None:
+    """Output memory is reused only once nothing (tensor, view, NumPy array) references it."""
+    g = torch.Generator().manual_seed(5)
+    t_x, t_y = [9, 14, 3], [40, 33, 3]
+    mask = make_mask(t_x, t_y, 14, 40)
+    inputs = [torch.randn(3, 14, 40, generator=g) for _ in range(4)]
+    expected = [reference_path(x, mask) for x in inputs]
+
+    def ptr(t: torch.Tensor) -> int:
+        return t.untyped_storage().data_ptr()
+
+    first = maximum_path(inputs[0], mask, backend="numba")
+    second = maximum_path(inputs[1], mask, backend="numba")
+    third = maximum_path(inputs[2], mask, backend="numba")
+    assert len({ptr(first), ptr(second), ptr(third)}) == 3
+    assert first._base is None  # a plain tensor, not a view of a pool buffer
+    for path, want in zip((first, second, third), expected, strict=False):
+        assert torch.equal(path, want)
+    first.fill_(7.0)  # a caller may scribble on its result before dropping it
+    kept_view, kept_array = second[1], third.numpy()
+    old_first = ptr(first)
+    del first, second, third
+    fourth = maximum_path(inputs[3], mask, backend="numba")
+    assert ptr(fourth) == old_first  # reused, and fully rewritten
+    assert torch.equal(fourth, expected[3])
+    assert torch.equal(kept_view, expected[1][1]) and np.array_equal(kept_array, expected[2].numpy())
+    fifth = maximum_path(inputs[0], mask, backend="numba")
+    assert ptr(fifth) not in (ptr(fourth), ptr(kept_view), kept_array.ctypes.data)
+    assert torch.equal(fifth, expected[0]) and torch.equal(fourth, expected[3])
+
+
+def test_numba_buffers_follow_changing_shapes() -> None:
+    """Scratch and output buffers grow and shrink with the batch shape; results stay exact."""
+    g = torch.Generator().manual_seed(6)
+    for t_text, t_mel, n in ((5, 9, 1), (70, 260, 3), (17, 40, 2), (70, 261, 3), (1, 1, 4), (129, 300, 2)):
+        t_x = [int(v) for v in torch.randint(1, t_text + 1, (n,), generator=g)]
+        t_y = [int(torch.randint(tx, t_mel + 1, (1,), generator=g)) for tx in t_x]
+        mask = make_mask(t_x, t_y, t_text, t_mel)
+        log_p = torch.randn(n, t_text, t_mel, generator=g)
+        path = maximum_path(log_p, mask, backend="numba")
+        assert torch.equal(path, reference_path(log_p, mask)), (t_text, t_mel)
+        check_path(path, t_x, t_y)

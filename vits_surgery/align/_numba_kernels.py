@@ -3,15 +3,14 @@
 Layout and algorithm: the input log-likelihood stays in the caller's ``[B, T_text, T_mel]``
 layout. Each item is processed in tiles of ``FRAME_TILE`` mel frames: the tile is transposed
 (8x8 blocks through vector registers) into a small frame-major buffer ``[FRAME_TILE, T_text]``
-(L1-resident), then the DP runs one
-frame at a time with the inner loop over tokens on contiguous memory, which the compiler
-vectorizes. DP rows of even and odd frames go to two per-thread buffers (``[T_mel / 2,
-T_text]`` each, cache-resident at training sizes): reading row ``j - 1`` and writing row ``j``
-then touch different arrays, which is what lets the compiler vectorize. The backtrack reads
-them; the path is written straight into the output as runs of zeros and ones per token.
+(L1-resident), then the DP runs one frame at a time over the tokens, eight per step in vector
+registers (``_dp_frame_blocks``). Only two DP rows exist (``even`` / ``odd`` frames); what the
+backtrack needs is one bit per cell, ``Q[i, j - 1] < Q[i - 1, j - 1]``, packed eight tokens to
+a byte (``T_mel * T_text / 8`` bytes per item, L1 / L2-resident). The backtrack reads the bits
+and the path is written straight into the output as runs of zeros and ones per token.
 
-Hot loops index with unsigned integers: numba then emits no negative-index wraparound code,
-which would otherwise block vectorization.
+``maximum_path_serial`` runs on the calling thread in caller-provided scratch (no thread pool,
+no allocation); ``maximum_path_parallel`` splits the batch over threads (``prange``).
 
 The recurrence and the tie-breaking follow the VITS / Coqui convention (see ``search.py``).
 """
@@ -21,34 +20,87 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 FRAME_TILE = 32
 NEG = np.float32(-1e9)
-ONE = np.uint64(1)
+
+
+@intrinsic
+def _dp_frame_blocks(typingctx, tile, tile_start, prev, cur, bits, bits_start, lo, hi):
+    """The token loop of ``_dp_frame`` in vector registers, eight tokens per step.
+
+    For ``i = lo, lo + 8, ... < hi``: ``b = prev[i + 1 : i + 9]`` (``Q[i, j - 1]``), ``a`` the
+    same shifted up by one token (``Q[i - 1, j - 1]``: ``prev[i]`` and ``b[:7]``, a register
+    shuffle: loading ``prev[i : i + 8]`` would straddle two of the previous frame's stores,
+    which the CPU cannot forward), ``cur[i + 1 : i + 9] = tile.flat[tile_start + i : +8] +
+    (a if a > b else b)``, and the eight tests ``b < a`` (the same as ``a > b``) packed into
+    the byte ``bits.flat[bits_start + i // 8]``, token ``i + r`` in bit ``r``.
+
+    float32 / uint8 C-contiguous arrays; ``lo`` and ``hi`` multiples of 8, every index in
+    bounds (no checks).
+    """
+    for arr, dtype in (
+        (tile, types.float32),
+        (prev, types.float32),
+        (cur, types.float32),
+        (bits, types.uint8),
+    ):
+        if not (isinstance(arr, types.Array) and arr.dtype == dtype and arr.layout == "C"):
+            return None
+    sig = types.void(tile, types.intp, prev, cur, bits, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(ir.FloatType(), 8)
+        _, tile_start, _, _, _, bits_start, lo, hi = args
+        tile_data, prev_data, cur_data, bits_data = (
+            context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 2, 3, 4)
+        )
+        one = ir.Constant(lo.type, 1)
+        carry = cgutils.alloca_once(builder, ir.FloatType())  # Q[i - 1, j - 1]
+        builder.store(builder.load(builder.gep(prev_data, [lo])), carry)
+
+        def vector_at(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+        with cgutils.for_range_slice(builder, lo, hi, ir.Constant(lo.type, 8)) as (i, _):
+            i_next = builder.add(i, one)
+            b = builder.load(vector_at(prev_data, i_next), align=4)
+            first = builder.insert_element(
+                ir.Constant(vec, None), builder.load(carry), ir.Constant(ir.IntType(32), 0)
+            )
+            a = builder.shuffle_vector(
+                first, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0, 8, 9, 10, 11, 12, 13, 14])
+            )
+            builder.store(builder.extract_element(b, ir.Constant(ir.IntType(32), 7)), carry)
+            t = builder.load(vector_at(tile_data, builder.add(tile_start, i)), align=4)
+            greater = builder.fcmp_ordered(">", a, b)
+            builder.store(
+                builder.fadd(t, builder.select(greater, a, b)), vector_at(cur_data, i_next), align=4
+            )
+            byte_at = builder.gep(
+                bits_data, [builder.add(bits_start, builder.ashr(i, ir.Constant(i.type, 3)))]
+            )
+            builder.store(builder.bitcast(greater, ir.IntType(8)), byte_at)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dp_row(tile, k, prev, p, cur, c, j, t_x, t_y):  # pragma: no cover - compiled
-    """DP of mel frame ``j >= 1``: ``cur[c]`` from ``prev[p]`` (frame ``j - 1``) and ``tile[k]``.
+def _dp_frame(tile, k, prev, cur, bits, j, lo, hi):  # pragma: no cover - compiled
+    """DP of mel frame ``j >= 1``: ``cur`` (frame ``j``) from ``prev`` (frame ``j - 1``) and ``tile[k]``.
 
-    Only the band of tokens a valid path can occupy at frame ``j`` is computed; cells outside
-    it are never read.
+    Rows are offset by one: ``row[i + 1] = Q[i, .]`` and ``row[0] = -1e9`` (token -1), so
+    token 0 needs no special case. ``lo <= i < hi`` is the band of tokens a valid path can
+    occupy at frame ``j``, widened to whole 8-token blocks (``lo`` and ``hi`` are multiples of
+    8): the extra cells hold values no in-band cell reads (the band only moves up). The one
+    exception, token ``j`` (reached only diagonally), reads ``Q[j, j - 1]``, which the caller
+    sets to -1e9 after each frame. Bit ``i % 8`` of ``bits[j, i // 8]`` is the backtrack's test
+    ``Q[i, j - 1] < Q[i - 1, j - 1]``.
     """
-    lo = max(0, t_x - t_y + j)
-    hi = min(t_x, j + 1)
-    if lo == 0:  # token 0 can only stay on token 0
-        v = prev[p, 0]
-        cur[c, 0] = tile[k, 0] + (NEG if NEG > v else v)
-        lo = 1
-    if hi == j + 1:  # token j can only be reached diagonally
-        v = prev[p, j - 1]
-        cur[c, j] = tile[k, j] + (v if v > NEG else NEG)
-        hi = j
-    for i in range(np.uint64(lo), np.uint64(hi)):
-        a = prev[p, i - ONE]
-        b = prev[p, i]
-        cur[c, i] = tile[k, i] + (a if a > b else b)
+    _dp_frame_blocks(tile, k * tile.shape[1], prev, cur, bits, j * bits.shape[1], lo, hi)
 
 
 def _shuffle(builder, a, b, mask):
@@ -127,38 +179,43 @@ def _load_tile(log_p, b, tile, j0, kk, lo, hi):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _forward(log_p, b, t_x, t_y, tile, even, odd):  # pragma: no cover - compiled
-    """Forward DP of item ``b``; frame ``j`` lands in ``even[j // 2]`` or ``odd[j // 2]``."""
+def _forward(log_p, b, t_x, t_y, tile, even, odd, bits):  # pragma: no cover - compiled
+    """Forward DP of item ``b``: the DP row of even frames lives in ``even``, of odd ones in
+    ``odd`` (layout in ``_dp_frame``); the backtrack's tests go to ``bits``."""
+    even[:] = NEG
+    odd[:] = NEG
     for j0 in range(0, t_y, FRAME_TILE):
         kk = min(FRAME_TILE, t_y - j0)
         _load_tile(log_p, b, tile, j0, kk, max(0, t_x - t_y + j0), min(t_x, j0 + kk))
         for k in range(kk):
             j = j0 + k
-            r = j >> 1
+            lo = max(0, t_x - t_y + j) & -8
+            hi = min(t_x, j + 1)
+            hi = lo + ((hi - lo + 7) & -8)
             if j == 0:  # Q[0, 0] = log_p[0, 0] + max(0, -1e9)
-                even[0, 0] = tile[k, 0] + np.float32(0.0)
+                even[1] = tile[k, 0] + np.float32(0.0)
             elif j & 1:
-                _dp_row(tile, k, even, r, odd, r, j, t_x, t_y)
+                _dp_frame(tile, k, even, odd, bits, j, lo, hi)
+                if j + 1 < t_x:
+                    odd[j + 2] = NEG  # Q[j + 1, j]: above the diagonal
             else:
-                _dp_row(tile, k, odd, r - 1, even, r, j, t_x, t_y)
+                _dp_frame(tile, k, odd, even, bits, j, lo, hi)
+                if j + 1 < t_x:
+                    even[j + 2] = NEG
 
 
 @njit(cache=True, nogil=True)
-def _backtrack(even, odd, t_x, t_y, starts):  # pragma: no cover - compiled
+def _backtrack(bits, t_x, t_y, starts):  # pragma: no cover - compiled
     """starts[i] = first frame of token i (``i < t_x``), starts[t_x] = t_y.
 
-    At frame ``j`` on token ``idx`` step down when ``idx == j`` or ``Q[idx, j-1] < Q[idx-1, j-1]``.
+    At frame ``j`` on token ``idx`` step down when ``idx == j`` or ``Q[idx, j-1] < Q[idx-1, j-1]``
+    (bit ``idx % 8`` of ``bits[j, idx // 8]``, see ``_dp_frame``).
     """
     idx = t_x - 1
     for j in range(t_y - 1, 0, -1):
         if idx == 0:
             break
-        r = (j - 1) >> 1
-        if (j - 1) & 1:
-            move = idx == j or odd[r, idx] < odd[r, idx - 1]
-        else:
-            move = idx == j or even[r, idx] < even[r, idx - 1]
-        if move:
+        if idx == j or (bits[j, idx >> 3] >> (idx & 7)) & 1:
             starts[idx] = j
             idx -= 1
     starts[0] = 0
@@ -185,11 +242,41 @@ def _write_path(out, b, t_x, starts):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _item(log_p, b, t_x, t_y, tile, even, odd, starts, out):  # pragma: no cover - compiled
+def _item(log_p, b, t_x, t_y, tile, even, odd, bits, starts, out):  # pragma: no cover - compiled
     if t_x > 0:
-        _forward(log_p, b, t_x, t_y, tile, even, odd)
-        _backtrack(even, odd, t_x, t_y, starts)
+        _forward(log_p, b, t_x, t_y, tile, even, odd, bits)
+        _backtrack(bits, t_x, t_y, starts)
     _write_path(out, b, t_x, starts)
+
+
+def scratch_shapes(t_text, t_mel):
+    """Shapes (and dtypes) of the per-thread scratch buffers for a ``[*, t_text, t_mel]`` batch:
+    ``tile``, the ``even`` / ``odd`` DP rows, ``bits``, ``starts``."""
+    width = max(8, (t_text + 7) & -8)  # whole 8-token blocks
+    return (
+        ((FRAME_TILE, width), np.float32),
+        ((width + 1,), np.float32),
+        ((width + 1,), np.float32),
+        ((max(t_mel, 1), width // 8), np.uint8),
+        ((t_text + 1,), np.int64),
+    )
+
+
+@njit(cache=True, nogil=True)
+def maximum_path_serial(log_p, t_x, t_y, out, tile, even, odd, bits, starts):  # pragma: no cover
+    """Batched MAS on the calling thread, in caller-provided scratch (``scratch_shapes``).
+
+    Args:
+        log_p: float32 C-contiguous ``[B, T_text, T_mel]``.
+        t_x: int64 ``[B]`` text lengths (validated by the caller: ``t_x <= t_y``,
+            ``t_x == 0`` only with ``t_y == 0``).
+        t_y: int64 ``[B]`` mel lengths.
+        out: float32 C-contiguous ``[B, T_text, T_mel]``, fully overwritten.
+        tile, even, odd, bits, starts: scratch, contents ignored and overwritten.
+    """
+    tile[:] = 0.0  # cells outside the loaded band are read (never used): keep them finite
+    for b in range(log_p.shape[0]):
+        _item(log_p, b, t_x[b], t_y[b], tile, even, odd, bits, starts, out)
 
 
 @njit(cache=True, nogil=True)
@@ -221,29 +308,22 @@ def _schedule(t_x, t_y, n_chunks):  # pragma: no cover - compiled
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def maximum_path_numba(log_p, t_x, t_y, out, n_threads):  # pragma: no cover - compiled
-    """Batched MAS.
-
-    Args:
-        log_p: float32 C-contiguous ``[B, T_text, T_mel]``.
-        t_x: int64 ``[B]`` text lengths (validated by the caller: ``t_x <= t_y``,
-            ``t_x == 0`` only with ``t_y == 0``).
-        t_y: int64 ``[B]`` mel lengths.
-        out: float32 C-contiguous ``[B, T_text, T_mel]``, fully overwritten.
-        n_threads: number of chunks the batch is split into (one per thread).
-    """
+def maximum_path_parallel(log_p, t_x, t_y, out, n_threads):  # pragma: no cover - compiled
+    """Batched MAS split into ``n_threads`` chunks run in parallel (arguments as
+    ``maximum_path_serial``; each chunk allocates its own scratch)."""
     n = log_p.shape[0]
-    width = max(log_p.shape[1], 1)
+    width = max(8, (log_p.shape[1] + 7) & -8)  # as in scratch_shapes
     n_chunks = max(1, min(n_threads, n))
     items, bounds = _schedule(t_x, t_y, n_chunks)
     for c in prange(n_chunks):
         rows = 1
         for r in range(bounds[c], bounds[c + 1]):
             rows = max(rows, t_y[items[r]])
-        tile = np.empty((FRAME_TILE, width), np.float32)
-        even = np.empty(((rows + 1) // 2, width), np.float32)
-        odd = np.empty((rows // 2 + 1, width), np.float32)
-        starts = np.zeros(width + 1, np.int64)
+        tile = np.zeros((FRAME_TILE, width), np.float32)
+        even = np.empty(width + 1, np.float32)
+        odd = np.empty(width + 1, np.float32)
+        bits = np.empty((rows, width // 8), np.uint8)
+        starts = np.zeros(log_p.shape[1] + 1, np.int64)
         for r in range(bounds[c], bounds[c + 1]):
             b = items[r]
-            _item(log_p, b, t_x[b], t_y[b], tile, even, odd, starts, out)
+            _item(log_p, b, t_x[b], t_y[b], tile, even, odd, bits, starts, out)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 
+import numpy as np
 import torch
 
 from vits_surgery.align.torch_backend import maximum_path_torch
@@ -132,17 +134,21 @@ def _lengths(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if t_text == 0 or t_mel == 0:
         zeros = torch.zeros(n, dtype=torch.long)
         return zeros, zeros.clone()
-    t_x = mask[:, :, 0].sum(1, dtype=torch.float64).round().long().cpu()
-    t_y = mask[:, 0, :].sum(1, dtype=torch.float64).round().long().cpu()
-    return t_x, t_y
+    # two small copies, then NumPy: a few torch ops per call would cost more than the copies
+    tokens = mask[:, :, 0].detach().to(device="cpu", dtype=torch.float64).numpy()
+    frames = mask[:, 0, :].detach().to(device="cpu", dtype=torch.float64).numpy()
+    t_x = np.rint(tokens.sum(1)).astype(np.int64)  # rint: round half to even, like torch.round
+    t_y = np.rint(frames.sum(1)).astype(np.int64)
+    return torch.from_numpy(t_x), torch.from_numpy(t_y)
 
 
 def _check_lengths(t_x: torch.Tensor, t_y: torch.Tensor) -> None:
-    bad = torch.nonzero((t_y < t_x) | ((t_x == 0) & (t_y > 0))).flatten()
-    if bad.numel() == 0:
+    tx, ty = t_x.numpy(), t_y.numpy()
+    bad = np.flatnonzero((ty < tx) | ((tx == 0) & (ty > 0)))
+    if bad.size == 0:
         return
     b = int(bad[0])
-    tx, ty = int(t_x[b]), int(t_y[b])
+    tx, ty = int(tx[b]), int(ty[b])
     if tx == 0:
         raise ValueError(
             f"Batch item {b} has 0 text tokens but {ty} mel frames; MAS needs at least one token."
@@ -154,21 +160,91 @@ def _check_lengths(t_x: torch.Tensor, t_y: torch.Tensor) -> None:
 
 
 def _maximum_path_numba(log_p: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tensor) -> torch.Tensor:
-    import numba
-
-    from vits_surgery.align._numba_kernels import maximum_path_numba
+    from vits_surgery.align import _numba_kernels as kernels
 
     values = log_p.detach().to(device="cpu", dtype=torch.float32).contiguous()  # [B, T_text, T_mel]
-    out = torch.empty(values.shape, dtype=torch.float32)  # one compiled signature only
+    n, t_text, t_mel = values.shape
+    out = _output_buffer(values.shape)  # float32: one compiled signature only
     torch_threads = torch.get_num_threads()
-    n_threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n_threads)
-    maximum_path_numba(values.numpy(), t_x.numpy(), t_y.numpy(), out.numpy(), n_threads)
-    if torch.get_num_threads() != torch_threads:
-        # numba's OpenMP layer starts its pool with omp_set_num_threads(all cores), which torch
-        # shares: without this, torch.set_num_threads(1) is silently undone by the first MAS call
-        torch.set_num_threads(torch_threads)
+    tx, ty = t_x.numpy(), t_y.numpy()
+    if min(torch_threads, n) == 1 or int((tx * (ty - tx + 1)).sum()) < SERIAL_BELOW_CELLS:
+        # on the calling thread: no thread pool is started or woken
+        scratch = _scratch(kernels, t_text, t_mel)
+        kernels.maximum_path_serial(values.numpy(), tx, ty, out.numpy(), *scratch)
+    else:
+        import numba
+
+        n_threads = max(1, min(torch_threads, n, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n_threads)
+        kernels.maximum_path_parallel(values.numpy(), tx, ty, out.numpy(), n_threads)
+        if torch.get_num_threads() != torch_threads:
+            # numba's OpenMP layer starts its pool with omp_set_num_threads(all cores), which
+            # torch shares: without this, torch.set_num_threads(n) is silently undone
+            torch.set_num_threads(torch_threads)
     return out.to(device=log_p.device, dtype=log_p.dtype)
+
+
+# Below this many cells in the bands of valid paths (about 0.1 ms of one thread) a batch runs
+# serially even when torch allows more threads: starting the workers would cost more.
+SERIAL_BELOW_CELLS = 200_000
+# Output buffers kept per thread: a training loop usually still holds the previous step's
+# path when it asks for the next one, so two buffers take turns.
+OUTPUT_POOL_SIZE = 2
+
+_local = threading.local()
+
+
+def _output_buffer(shape: torch.Size) -> torch.Tensor:
+    """A float32 tensor of ``shape`` that no other live tensor shares memory with.
+
+    A fresh 7.7 MB tensor per call costs page faults whenever the allocator has handed the
+    previous one back to the operating system (1-4 ms at training sizes, in some processes and
+    not others). So the storage of an earlier result is reused once nothing references it any
+    more: no tensor, view or NumPy array of it is alive, which the storage's use count shows.
+    The returned tensor is a plain tensor (not a view) on that storage, which may be larger
+    than ``shape`` needs.
+    """
+    numel = shape.numel()
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:  # private torch API; without it, no reuse
+        return torch.empty(shape, dtype=torch.float32)
+    pool = getattr(_local, "outputs", None)
+    if pool is None:
+        pool = _local.outputs = []
+    free = [k for k, (storage, idle) in enumerate(pool) if use_count(storage._cdata) == idle]
+    fitting = [k for k in free if pool[k][0].nbytes() >= 4 * numel]
+    if fitting:
+        storage = pool[fitting[0]][0]
+    else:
+        # NumPy asks the kernel for transparent huge pages on large arrays (torch does not):
+        # fewer TLB misses when the kernel writes the path
+        storage = torch.from_numpy(np.empty(numel, np.float32)).untyped_storage()
+        entry = (storage, use_count(storage._cdata))  # the pool's own references
+        if free:  # a free buffer too small for this shape: replace it
+            pool[free[0]] = entry
+        elif len(pool) < OUTPUT_POOL_SIZE:
+            pool.append(entry)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+
+
+def _scratch(kernels, t_text: int, t_mel: int) -> list:
+    """The serial kernel's scratch buffers for this thread, grown to fit ``[*, t_text, t_mel]``."""
+    key = (t_text, t_mel)
+    cached = getattr(_local, "scratch", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    shapes = kernels.scratch_shapes(t_text, t_mel)
+    if cached is not None:  # grow every dimension to the larger of old and new
+        shapes = [
+            (tuple(max(have, need) for have, need in zip(buf.shape, shape, strict=True)), dtype)
+            for buf, (shape, dtype) in zip(cached[1], shapes, strict=True)
+        ]
+        if all(buf.shape == shape for buf, (shape, _) in zip(cached[1], shapes, strict=True)):
+            _local.scratch = (key, cached[1])  # big enough already
+            return cached[1]
+    buffers = [np.zeros(shape, dtype) for shape, dtype in shapes]
+    _local.scratch = (key, buffers)
+    return buffers
 
 
 def _maximum_path_cython(log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
