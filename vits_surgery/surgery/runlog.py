@@ -56,6 +56,9 @@ class RunLogger(Callback):
                 "train_discriminator": trainer.step_plan.train_discriminator,
             },
         }
+        from ..durations.step import describe_cadence  # cadence seam: step path and duration source
+
+        info["cadence"] = describe_cadence(trainer)
         tmp = self._dir(trainer) / "run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, self._dir(trainer) / "run.json")

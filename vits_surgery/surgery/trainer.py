@@ -17,7 +17,9 @@ reach a trainable organ (terms with weight 0 are never computed) and which stage
 gradients. A cadence plan runs the text encoder, posterior encoder and flow under
 ``no_grad``, MAS, and the duration predictor with gradients; no decoder, no discriminator, no
 mel. A stage runs with gradients only when a trainable organ is at or upstream of it and its
-output feeds a computed term.
+output feeds a computed term. Such a plan goes further by default: its inputs are computed once
+per utterance and cached, and each step runs the duration predictor alone (``trainer.cadence``,
+:mod:`vits_surgery.durations.step`); :meth:`forward_generator` stays the full pruned forward.
 
 **Distributed.** Under ``torchrun`` the process group is initialised from the environment.
 Gradients of the trainable parameters are averaged across ranks with one flattened
@@ -46,6 +48,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..audio import amp_to_log, log_mel, spec_to_mel
 from ..batch import Batch
+from ..durations.step import CadenceStep
 from ..losses import (
     discriminator_loss,
     duration_loss,
@@ -147,6 +150,8 @@ class SurgicalTrainer:
         self.optimizers = self.configure_optimizers()
         self.schedulers = self.configure_schedulers(self.optimizers)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.amp == "fp16")
+        #: cadence seam: the duration predictor alone on cached inputs when the plan allows it, else None
+        self.cadence: CadenceStep | None = CadenceStep.for_trainer(self)
         self._log_setup()
 
     @property
@@ -308,15 +313,16 @@ class SurgicalTrainer:
         scale = 1.0 / self.config.grad_accum
         last = self._micro + 1 == self.config.grad_accum
         logs: dict[str, float] = {}
+        cached = self.cadence is not None  # cadence seam: no forward here, see CadenceStep.losses
         with self._autocast():
-            out = self.forward_generator(batch, noise)
+            out = None if cached else self.forward_generator(batch, noise)
         if self.step_plan.train_discriminator:
             with self._autocast():
                 d_losses = self.discriminator_losses(batch, out)
             logs.update(self._backward("discriminator", d_losses, self.discriminator_params, scale))
         if "generator" in self.optimizers:
             with self._autocast():
-                g_losses = self.generator_losses(batch, out)
+                g_losses = self.cadence.losses(batch, noise) if cached else self.generator_losses(batch, out)
             logs.update(self._backward("generator", g_losses, self.generator_params, scale))
         self._micro = 0 if last else self._micro + 1
         if last:
@@ -442,6 +448,8 @@ class SurgicalTrainer:
                 path = ckpt.latest_checkpoint(self.out_dir) if resume is True else Path(resume)
                 if path is not None:
                     self.load_checkpoint(path)
+            if self.cadence is not None:  # cadence seam: each utterance's inputs, computed once
+                self.cadence.prepare(self.train_data)
             self._fire("on_fit_start", self)
             if sample_every and self.step == 0:
                 self._listen()
