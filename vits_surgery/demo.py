@@ -4,9 +4,10 @@
    exact parity; the organs its ONNX graph lacks are regrown once and cached.
 2. Donor: the recipient itself speaking 1.35x slower (``length_scale`` 1.35), so the ideal
    result is known exactly: same timbre, the donor's rhythm.
-3. Transplant: only the duration predictor trains (``SurgeryPlan.cadence()``); each step
-   runs the text encoder, posterior encoder and flow without gradients, MAS and the
-   duration predictor, and never the decoder or the discriminator.
+3. Transplant: only the duration predictor trains (``SurgeryPlan.cadence()``); the text
+   encoder's outputs and the donor's durations (MAS over the frozen posterior encoder and
+   flow) are computed once per utterance and cached, and each step runs the duration
+   predictor alone (never the decoder or the discriminator).
 4. Result: before / after / donor WAVs for held-out sentences, mel and per-phoneme duration
    plots, ``evaluation.json``, the HTML report, and a summary of speaking rates.
 """

@@ -223,6 +223,19 @@ class VITS(nn.Module):
         The input is detached when ``config.duration_predictor.detach_input`` (VITS default).
         """
         durations = path.sum(dim=2).unsqueeze(1)  # [B, 1, T_x]
+        return self.duration_nll_of(hidden, x_mask, durations, g, noise, generator)
+
+    def duration_nll_of(
+        self,
+        hidden: torch.Tensor,
+        x_mask: torch.Tensor,
+        durations: torch.Tensor,
+        g: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`duration_nll` given the durations [B, 1, T_x] (frames per token, float) instead
+        of the path; the cached cadence step (:mod:`vits_surgery.durations.step`) calls it."""
         g = self._dp_g(g)
         if self.config.duration_predictor.detach_input:
             hidden = hidden.detach()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_write_text
+from ..durations.step import describe_cadence
 
 SurgicalTrainer = Any  # callbacks observe a trainer; they do not import it
 
@@ -182,6 +183,7 @@ class RunLogger(Callback):
                 "train_discriminator": trainer.step_plan.train_discriminator,
             },
         }
+        info["cadence"] = describe_cadence(trainer)  # the cadence step's path and duration source
         atomic_write_text(self._dir(trainer) / "run.json", json.dumps(info, indent=2, default=str))
 
     def on_step_end(self, trainer: SurgicalTrainer, step: int, logs: dict[str, float]) -> None:

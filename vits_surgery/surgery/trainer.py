@@ -51,6 +51,7 @@ from .. import _files
 from .._deprecated import warn_renamed
 from ..batch import Batch
 from ..convert import native
+from ..durations.step import CadenceStep
 from ..losses import weighted_total
 from ..models.vits import VITS, TrainNoise, VITSTrainOutput
 from . import rundir, runtime
@@ -154,6 +155,8 @@ class SurgicalTrainer:
         self.optimizers = self.configure_optimizers()
         self.schedulers = self.configure_schedulers(self.optimizers)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.amp == "fp16")
+        #: the duration predictor alone on cached inputs when the plan allows it, else None
+        self.cadence: CadenceStep | None = CadenceStep.for_trainer(self)
         self._log_setup()
 
     @property
@@ -261,15 +264,16 @@ class SurgicalTrainer:
         scale = 1.0 / self.config.grad_accum
         last = self._micro + 1 == self.config.grad_accum
         logs: dict[str, float] = {}
+        cached = self.cadence is not None  # the cached cadence step: no forward here (CadenceStep.losses)
         with self.loss_path.autocast():
-            out = self.forward_generator(batch, noise)
+            out = None if cached else self.forward_generator(batch, noise)
         if self.step_plan.train_discriminator:
             with self.loss_path.autocast():
                 d_losses = self.discriminator_losses(batch, out)
             logs.update(self._backward("discriminator", d_losses, self.discriminator_params, scale))
         if "generator" in self.optimizers:
             with self.loss_path.autocast():
-                g_losses = self.generator_losses(batch, out)
+                g_losses = self.cadence.losses(batch, noise) if cached else self.generator_losses(batch, out)
             logs.update(self._backward("generator", g_losses, self.generator_params, scale))
         self._micro = 0 if last else self._micro + 1
         if last:
@@ -399,6 +403,8 @@ class SurgicalTrainer:
                 path = rundir.latest_checkpoint(self.out_dir) if resume is True else Path(resume)
                 if path is not None:
                     self.load_checkpoint(path)
+            if self.cadence is not None:  # each utterance's cadence inputs, computed once
+                self.cadence.prepare(self.train_data)
             self._fire("on_fit_start", self)
             batches = iter(self.stream)
             while self.step < max_steps and self.stop_reason is None:

@@ -1,0 +1,458 @@
+"""The inputs of a cadence step, computed once per utterance and cached on disk.
+
+With every organ but the duration predictor frozen, what the duration loss reads is the same
+at every step: the text encoder's hidden states, the speaker vector ``g`` and the donor's
+integer durations per token. :class:`DurationCache` computes them once per utterance and keeps
+them in memory and on disk (``$VITS_SURGERY_CACHE/cadence``, default
+``~/.cache/vits_surgery/cadence``), one safetensors file per utterance.
+
+**Key.** sha256 over the weights the inputs depend on (the text encoder, the speaker embedding
+and the organs the duration source reads), the model configuration, the cache version, the
+duration source's name and settings, and the utterance itself (token ids, speaker id and the
+spectrogram frames). Change any of them and the entry is recomputed; nothing is ever reused
+across a change of weights, audio or source.
+
+**Duration sources** are pluggable: any object with a ``name``, the organs it ``reads``,
+``settings()`` and ``__call__(model, inputs) -> [B, T_x]`` integer frames per token
+(:class:`DurationSource`). ``"mas"`` (:class:`MASDurations`) is the training path's own route:
+the frozen posterior encoder and flow read the spectrogram, and monotonic alignment search on
+the prior's likelihood gives the path. Register other sources in :data:`SOURCES`.
+
+**Posterior noise.** The training path draws a fresh posterior sample ``z`` at every step, so
+MAS sees a different draw each time. The cache takes one draw per utterance (noise scale 1,
+seeded from the utterance's key): the durations are one of the draws the training path would
+have made, the same distribution of targets over the corpus, fixed and reproducible.
+``MASDurations(noise_scale=0.0)`` aligns the posterior mean instead (within a few tenths of a
+point of the sample on held-out duration recovery, docs/benchmarks.md "The posterior's
+spread").
+
+The inputs are computed in fp32 with the read organs in ``eval()`` (a cadence plan keeps frozen
+organs in eval, so the training path runs them the same way). Files are written atomically
+(temporary file + rename) and read with ``safetensors`` (no pickle); an unreadable or
+inconsistent file is reported with a warning and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from .._files import atomic_write
+from ..batch import Batch
+from ..models.commons import length_mask
+from ..models.text_encoder import TextEncoderOutput
+from ..models.vits import VITS
+
+__all__ = [
+    "CACHE_VERSION",
+    "SOURCES",
+    "CadenceInputs",
+    "CachedUtterance",
+    "DurationCache",
+    "DurationSource",
+    "MASDurations",
+    "SourceInputs",
+    "cache_root",
+    "resolve_source",
+]
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+"""Bumped when what an entry holds or how it is computed changes (part of every key)."""
+_SPEC_SUM_RTOL = 1e-5
+"""Relative tolerance of the cheap spectrogram check of an in-memory lookup (see ``_probe``)."""
+
+
+def cache_root() -> Path:
+    """``$VITS_SURGERY_CACHE/cadence`` (default ``~/.cache/vits_surgery/cadence``)."""
+    return Path(os.environ.get("VITS_SURGERY_CACHE") or "~/.cache/vits_surgery").expanduser() / "cadence"
+
+
+# ----------------------------------------------------------------------------- sources
+@dataclass
+class SourceInputs:
+    """What a duration source gets for one batch (all on the model's device).
+
+    Attributes:
+        batch: the utterances (tokens, spectrograms, waveforms, texts, ids).
+        text: the frozen text encoder's output on ``batch`` (m_p, logs_p, mask [B, 1, T_x]).
+        g: [B, gin, 1] speaker vector, or None.
+        seeds: one integer per utterance, derived from its cache key, for sources that draw noise.
+    """
+
+    batch: Batch
+    text: TextEncoderOutput
+    g: torch.Tensor | None
+    seeds: list[int]
+
+
+class DurationSource(Protocol):
+    """Where the donor's durations come from.
+
+    Attributes:
+        name: short name (logged, part of the cache key), e.g. ``"mas"``.
+        reads: model organs whose weights the durations depend on (hashed into the key).
+    """
+
+    name: str
+    reads: tuple[str, ...]
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready settings that change the durations (part of the cache key)."""
+        ...
+
+    def __call__(self, model: VITS, inputs: SourceInputs) -> torch.Tensor:
+        """[B, T_x] integer frames per token (0 on padding)."""
+        ...
+
+
+@dataclass(frozen=True)
+class MASDurations:
+    """Durations by MAS over the frozen posterior encoder and flow (the training path's route).
+
+    Args:
+        noise_scale: scale of the posterior noise of ``z``: 1 = a sample as in training (one
+            fixed draw per utterance), 0 = the posterior mean.
+    """
+
+    noise_scale: float = 1.0
+    name: ClassVar[str] = "mas"
+    reads: ClassVar[tuple[str, ...]] = ("speaker_embedding", "posterior_encoder", "flow")
+
+    def settings(self) -> dict[str, Any]:
+        """The noise scale."""
+        return {"noise_scale": float(self.noise_scale)}
+
+    @torch.no_grad()
+    def __call__(self, model: VITS, inputs: SourceInputs) -> torch.Tensor:
+        """[B, T_x] frames per token: posterior encoder, flow, MAS on the prior likelihood."""
+        batch, text, g = inputs.batch, inputs.text, inputs.g
+        m_q_shape = (len(batch), model.config.inter_channels, batch.spec.shape[-1])
+        noise = torch.zeros(m_q_shape)  # [B, C, T_y]
+        if self.noise_scale:
+            for i, seed in enumerate(inputs.seeds):
+                n = int(batch.spec_lengths[i])
+                draw = torch.randn((m_q_shape[1], n), generator=torch.Generator().manual_seed(seed))
+                noise[i, :, :n] = self.noise_scale * draw
+        noise = noise.to(device=batch.spec.device, dtype=batch.spec.dtype)
+        z, _, _, y_mask = model.encode_audio(batch.spec, batch.spec_lengths, g, noise)
+        g32 = g.float() if g is not None else None
+        z_p = model.flow(z.float(), y_mask.float(), g=g32).z  # [B, C, T_y]
+        path = model.align(z_p, text.m_p.float(), text.logs_p.float(), text.mask.float(), y_mask.float())
+        return path.sum(dim=2).round().long()  # [B, T_x]
+
+
+#: Duration sources by name (``resolve_source("mas")``).
+SOURCES: dict[str, type] = {"mas": MASDurations}
+
+
+def resolve_source(source: str | DurationSource) -> DurationSource:
+    """A source object from a name in :data:`SOURCES` or a source object (returned as is)."""
+    if isinstance(source, str):
+        if source not in SOURCES:
+            raise ValueError(f"unknown duration source {source!r} (known: {', '.join(SOURCES)})")
+        return SOURCES[source]()
+    for attr in ("name", "reads", "settings"):
+        if not hasattr(source, attr):
+            raise TypeError(f"a duration source needs a {attr!r} attribute (see DurationSource)")
+    return source
+
+
+# ----------------------------------------------------------------------------- entries
+@dataclass
+class CachedUtterance:
+    """One utterance's cached inputs (CPU, fp32).
+
+    Attributes:
+        hidden: [H, T_x] text encoder hidden states.
+        durations: [T_x] int32 frames per token.
+        g: [gin, 1] speaker vector, or None.
+    """
+
+    hidden: torch.Tensor
+    durations: torch.Tensor
+    g: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """For safetensors."""
+        out = {"hidden": self.hidden.contiguous(), "durations": self.durations.contiguous()}
+        if self.g is not None:
+            out["g"] = self.g.contiguous()
+        return out
+
+
+@dataclass
+class CadenceInputs:
+    """A batch's cached inputs, collated on the model's device.
+
+    Attributes:
+        hidden: [B, H, T_x] (zero on padding); x_mask: [B, 1, T_x];
+        durations: [B, 1, T_x] float frames per token; g: [B, gin, 1] or None.
+    """
+
+    hidden: torch.Tensor
+    x_mask: torch.Tensor
+    durations: torch.Tensor
+    g: torch.Tensor | None
+
+
+def _sha(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return f"{flat.dtype}:{tuple(tensor.shape)}:".encode() + flat.view(torch.uint8).numpy().tobytes()
+
+
+def _select(batch: Batch, idx: list[int]) -> Batch:
+    """The items ``idx`` of ``batch`` (the batch itself when all are selected)."""
+    if idx == list(range(len(batch))):
+        return batch
+    sel = torch.tensor(idx, device=batch.tokens.device)
+    t_x, t_y = int(batch.token_lengths[sel].max()), int(batch.spec_lengths[sel].max())
+    return Batch(
+        tokens=batch.tokens[sel, :t_x], token_lengths=batch.token_lengths[sel],
+        spec=batch.spec[sel, :, :t_y], spec_lengths=batch.spec_lengths[sel],
+        wav=batch.wav[sel], wav_lengths=batch.wav_lengths[sel],
+        speakers=batch.speakers[sel] if batch.speakers is not None else None,
+        texts=[batch.texts[i] for i in idx] if batch.texts else [],
+        ids=[batch.ids[i] for i in idx] if batch.ids else [],
+    )
+
+
+def _check_entry(meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor], key: str, n_tokens: int,
+                 with_g: bool) -> None:
+    """Raise ValueError when a loaded entry is not the one asked for or not well formed."""
+    if meta.get("key") != key or meta.get("version") != str(CACHE_VERSION):
+        raise ValueError("its metadata names another key or cache version")
+    hidden, durations = tensors.get("hidden"), tensors.get("durations")
+    if hidden is None or durations is None:
+        raise ValueError("it lacks the 'hidden' or 'durations' tensor")
+    if hidden.dim() != 2 or hidden.shape[1] != n_tokens or hidden.dtype != torch.float32:
+        raise ValueError(f"hidden has shape {tuple(hidden.shape)} / {hidden.dtype}, expected [H, {n_tokens}] float32")
+    if tuple(durations.shape) != (n_tokens,) or durations.dtype != torch.int32 or bool((durations < 0).any()):
+        raise ValueError(f"durations has shape {tuple(durations.shape)} / {durations.dtype}, expected [{n_tokens}] int32 >= 0")
+    if ("g" in tensors) != with_g:
+        raise ValueError("its speaker vector does not match the model's speaker embedding")
+    if not bool(torch.isfinite(hidden).all()):
+        raise ValueError("hidden holds NaN/inf")
+
+
+class DurationCache:
+    """Per-utterance cadence inputs (text hidden states, ``g``, durations), in memory and on disk.
+
+    Args:
+        model: the recipient; its text encoder, speaker embedding and the organs the source
+            reads must stay frozen while the cache is used (their weights are hashed once, at
+            the first lookup; call :meth:`reset` after changing them).
+        source: a name in :data:`SOURCES` (``"mas"``) or a :class:`DurationSource`.
+        cache_dir: folder of the entries (default :func:`cache_root`).
+
+    Attributes:
+        stats: ``computed`` / ``loaded`` / ``corrupt`` entries, ``compute_seconds`` (wall) and
+            ``audio_seconds`` (of the computed utterances).
+    """
+
+    def __init__(self, model: VITS, source: str | DurationSource = "mas", cache_dir: str | Path | None = None) -> None:
+        self.model = model
+        self.source = resolve_source(source)
+        self.root = Path(cache_dir) if cache_dir is not None else cache_root()
+        self.items: dict[str, CachedUtterance] = {}
+        self._index: dict[tuple, list[tuple[float, str]]] = {}
+        self._fingerprint: str | None = None
+        self.stats: dict[str, float] = dict.fromkeys(
+            ("computed", "loaded", "corrupt", "compute_seconds", "audio_seconds"), 0
+        )
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        """The organs whose weights the entries depend on."""
+        return tuple(dict.fromkeys(("text_encoder", "speaker_embedding", *self.source.reads)))
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but weights and utterances that the key covers."""
+        return {
+            "version": CACHE_VERSION,
+            "config": hashlib.sha256(self.model.config.to_json().encode()).hexdigest(),
+            "source": self.source.name,
+            "source_settings": self.source.settings(),
+            "precision": "fp32",
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of :meth:`settings` and of the weights of :attr:`organs` (computed once)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode())
+            for organ in self.organs:
+                module = getattr(self.model, organ, None)
+                for name, tensor in sorted(module.state_dict().items()) if module is not None else ():
+                    digest.update(f"{organ}.{name}".encode())
+                    digest.update(_tensor_bytes(tensor))
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def reset(self) -> None:
+        """Forget the fingerprint and the in-memory entries (after the hashed weights changed)."""
+        self._fingerprint = None
+        self.items.clear()
+        self._index.clear()
+
+    def key(self, batch: Batch, i: int) -> str:
+        """The cache key of item ``i``: fingerprint, token ids, speaker id, spectrogram frames."""
+        n, frames = int(batch.token_lengths[i]), int(batch.spec_lengths[i])
+        speaker = -1 if batch.speakers is None else int(batch.speakers[i])
+        return _sha(
+            self.fingerprint().encode(),
+            _tensor_bytes(batch.tokens[i, :n].long()),
+            str(speaker).encode(),
+            _tensor_bytes(batch.spec[i, :, :frames].float()),
+        )
+
+    def path(self, key: str) -> Path:
+        """The entry's file."""
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    # ------------------------------------------------------------------ lookups
+    def inputs(self, batch: Batch) -> CadenceInputs:
+        """The batch's cached inputs on its device (computing and storing the missing ones)."""
+        return self.collate(batch, self.ensure(batch))
+
+    def ensure(self, batch: Batch) -> list[str]:
+        """Make every item of ``batch`` available in memory; returns their keys."""
+        keys: list[str | None] = [self._recall(batch, i) for i in range(len(batch))]
+        todo = []
+        for i, known in enumerate(keys):
+            if known is not None:
+                continue
+            key = keys[i] = self.key(batch, i)
+            if key not in self.items:
+                item = self._load(key, int(batch.token_lengths[i]))
+                if item is None:
+                    todo.append(i)
+                    continue
+                self.items[key] = item
+                self.stats["loaded"] += 1
+            self._remember(batch, i, key)
+        if todo:
+            self._compute(batch, todo, [keys[i] for i in todo])
+            for i in todo:
+                self._remember(batch, i, keys[i])
+        return keys
+
+    def collate(self, batch: Batch, keys: list[str]) -> CadenceInputs:
+        """Pad the entries ``keys`` (in batch order) to the batch's ``T_x`` on its device."""
+        device, t_x = batch.tokens.device, batch.tokens.shape[1]
+        items = [self.items[k] for k in keys]
+        hidden = torch.zeros(len(items), items[0].hidden.shape[0], t_x)  # [B, H, T_x]
+        durations = torch.zeros(len(items), 1, t_x)  # [B, 1, T_x]
+        for i, item in enumerate(items):
+            n = item.hidden.shape[1]
+            hidden[i, :, :n] = item.hidden
+            durations[i, 0, :n] = item.durations
+        x_mask = length_mask(batch.token_lengths, t_x).to(device)  # [B, 1, T_x]
+        g = torch.stack([it.g for it in items]).to(device) if items[0].g is not None else None
+        return CadenceInputs(hidden.to(device), x_mask, durations.to(device), g)
+
+    def _probe(self, batch: Batch, i: int) -> tuple:
+        """In-memory lookup key: id, speaker, frames and token ids (the audio is checked apart)."""
+        n = int(batch.token_lengths[i])
+        speaker = -1 if batch.speakers is None else int(batch.speakers[i])
+        uid = batch.ids[i] if batch.ids else ""
+        return (uid, speaker, int(batch.spec_lengths[i]), batch.tokens[i, :n].cpu().numpy().tobytes())
+
+    @staticmethod
+    def _spec_sum(batch: Batch, i: int) -> float:
+        return float(batch.spec[i, :, : int(batch.spec_lengths[i])].double().sum())
+
+    def _recall(self, batch: Batch, i: int) -> str | None:
+        """An in-memory key for item ``i`` without hashing its audio: same id, speaker, frames and
+        tokens, and the same spectrogram sum (to summation-order rounding)."""
+        entries = self._index.get(self._probe(batch, i))
+        if not entries:
+            return None
+        total = self._spec_sum(batch, i)
+        for seen, key in entries:
+            if abs(seen - total) <= _SPEC_SUM_RTOL * max(abs(total), 1e-12) and key in self.items:
+                return key
+        return None
+
+    def _remember(self, batch: Batch, i: int, key: str) -> None:
+        entries = self._index.setdefault(self._probe(batch, i), [])
+        if all(k != key for _, k in entries):
+            entries.append((self._spec_sum(batch, i), key))
+
+    # ------------------------------------------------------------------ compute and store
+    def _compute(self, batch: Batch, idx: list[int], keys: list[str]) -> None:
+        """Run the frozen text encoder and the duration source on the items ``idx``; store them."""
+        start = time.perf_counter()
+        sub, model = _select(batch, idx), self.model
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad(), torch.autocast(sub.tokens.device.type, enabled=False):
+                g = model.speaker_vector(sub.speakers)  # [B, gin, 1] or None
+                text = model.encode_text(sub.tokens, sub.token_lengths)
+                seeds = [int(key[:15], 16) for key in keys]
+                durations = self.source(model, SourceInputs(sub, text, g, seeds))  # [B, T_x]
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        for j, key in enumerate(keys):
+            n = int(sub.token_lengths[j])
+            item = CachedUtterance(
+                hidden=text.hidden[j, :, :n].float().cpu().clone(),
+                durations=durations[j, :n].to(device="cpu", dtype=torch.int32).clone(),
+                g=g[j].float().cpu().clone() if g is not None else None,
+            )
+            self.items[key] = item
+            self._save(key, item)
+        audio = model.config.audio
+        self.stats["computed"] += len(idx)
+        self.stats["audio_seconds"] += float(sub.spec_lengths.sum()) * audio.hop_length / audio.sample_rate
+        self.stats["compute_seconds"] += time.perf_counter() - start
+
+    def _load(self, key: str, n_tokens: int) -> CachedUtterance | None:
+        """The entry on disk, or None when absent; a broken entry is reported and ignored."""
+        from safetensors import safe_open
+
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            _check_entry(meta, tensors, key, n_tokens, getattr(self.model, "speaker_embedding", None) is not None)
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
+            self.stats["corrupt"] += 1
+            logger.warning("cadence cache: entry %s is unreadable or inconsistent (%s); recomputing it", path, err)
+            return None
+        return CachedUtterance(tensors["hidden"], tensors["durations"], tensors.get("g"))
+
+    def _save(self, key: str, item: CachedUtterance) -> None:
+        """Atomic write (temporary file + rename); a failure leaves the entry in memory only."""
+        from safetensors.torch import save
+
+        path = self.path(key)
+        meta = {"key": key, "version": str(CACHE_VERSION), "source": self.source.name}
+        data = save(item.tensors(), metadata=meta)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: f.write(data), durable=False)
+        except OSError as err:
+            logger.warning("cadence cache: could not write %s (%s); the entry stays in memory only", path, err)
