@@ -54,7 +54,10 @@ from vits_surgery.text.tokenizer import Tokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
 
-DEFAULT_SENTENCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ljspeech_sentences.txt"
+# The LJSpeech sentence list, one sentence per line (see docs/results/README.md)
+DEFAULT_SENTENCES = Path(
+    os.environ.get("VITS_SURGERY_SENTENCES", Path(__file__).resolve().parents[1] / "bench_data" / "ljspeech_sentences.txt")
+)
 COQUI_SENTENCE = "The quick brown fox jumps over the lazy sleeping dog."
 
 # Timing harness run by the Coqui interpreter: builds Coqui's own Vits from its default config

@@ -11,8 +11,8 @@ the teacher durations.
 Usage::
 
     python benchmarks/regrow_joe.py --organs posterior_encoder --n-utterances 200 --n-heldout 30 \\
-        --steps-posterior 800 --align-weight 0.1 --align-steps 300 --skip-finetune --save /tmp/joe200
-    python benchmarks/posterior_noise.py /tmp/joe200 --skip 230 --n 60
+        --steps-posterior 800 --align-weight 0.1 --align-steps 300 --skip-finetune --save runs/joe200
+    python benchmarks/posterior_noise.py runs/joe200 --skip 230 --n 60
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 
 Usage::
 
-    python benchmarks/regrow_joe.py --out /tmp/regrow_joe.json
+    python benchmarks/regrow_joe.py --out docs/results/regrow_joe.json
     python benchmarks/regrow_joe.py --organs posterior_encoder duration_posterior --skip-finetune
 
 Writes a JSON summary (``--out``) and logs progress to stderr.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -39,7 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regrow_terms import AlignmentTemperature, KLTerm, WhitenedPriorTerm, compiled_forward  # noqa: E402
 
 logger = logging.getLogger("regrow_joe")
-SENTENCES = Path("/work/shared/data/ljspeech_sentences.txt")
+# The LJSpeech sentence list, one sentence per line (see docs/results/README.md)
+SENTENCES = Path(
+    os.environ.get("VITS_SURGERY_SENTENCES", Path(__file__).resolve().parents[1] / "bench_data" / "ljspeech_sentences.txt")
+)
 
 
 def pick_sentences(path: Path, n: int, min_chars: int, max_chars: int, seed: int) -> list[str]:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from vits_surgery import audio
@@ -37,16 +38,19 @@ def tiny_model(seed: int = 0, **overrides) -> VITS:
 
 @functools.lru_cache(maxsize=8)
 def _speech(text: str, sample_rate: int) -> np.ndarray:
-    """espeak-ng speech of ``text`` at ``sample_rate`` (a synthetic chirp if espeak-ng is absent)."""
+    """espeak-ng speech of ``text`` at ``sample_rate``.
+
+    Without espeak-ng the calling test is skipped, with the reason (never a silent stand-in:
+    the surgery tests are about speech, and CI fails on such a skip).
+    """
     exe = shutil.which("espeak-ng")
-    if exe is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "s.wav"
-            subprocess.run([exe, "-w", str(path), text], check=True, capture_output=True)
-            wav, _ = audio.load_audio(path, sample_rate=sample_rate)
-        return wav
-    t = np.arange(int(0.8 * sample_rate)) / sample_rate
-    return (0.3 * np.sin(2 * np.pi * (150 + 200 * t) * t)).astype(np.float32)
+    if exe is None:
+        pytest.skip("the surgery tests train on real speech from espeak-ng: apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.wav"
+        subprocess.run([exe, "-w", str(path), text], check=True, capture_output=True)
+        wav, _ = audio.load_audio(path, sample_rate=sample_rate)
+    return wav
 
 
 def speech_batch(config: VITSConfig, n: int = 2, seed: int = 0, max_seconds: float = 0.6) -> Batch:

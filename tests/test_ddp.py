@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 WORKER = textwrap.dedent(
@@ -31,6 +32,19 @@ WORKER = textwrap.dedent(
         writes.append(str(path))
         return original_write(path, write)
     _files.atomic_write = spy
+
+    from vits_surgery.surgery import runtime
+    grads = {{}}  # per reduction (discriminator, generator, ...): this rank's gradients before and after
+    original_reduce = runtime.all_reduce_gradients
+    def flat(params):
+        return torch.cat([p.grad.reshape(-1).clone() if p.grad is not None else torch.zeros(p.numel())
+                          for p in params])
+    def reduce_spy(params, bad, world_size):
+        local = flat(params)
+        result = original_reduce(params, bad, world_size)
+        grads.setdefault(len(grads), {{"local": local, "reduced": flat(params)}})
+        return result
+    runtime.all_reduce_gradients = reduce_spy
 
     model = tiny_model(seed=rank)  # different on each rank: the trainer broadcasts rank 0's weights
     data = [speech_batch(model.config, 1, seed=i, max_seconds=0.3) for i in range(4)]
@@ -57,6 +71,7 @@ WORKER = textwrap.dedent(
     }}
     with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
         json.dump(report, f)
+    torch.save(grads, os.path.join(out, f"rank{{rank}}_grads.pt"))
     """
 )
 
@@ -75,7 +90,14 @@ def test_two_process_gloo_training(tmp_path):
     assert r0["world"] == r1["world"] == 2
     assert (r0["seen"], r1["seen"]) == (["b0", "b2"], ["b1", "b3"])  # a plain list is strided by rank
     assert r0["start"] == r1["start"]  # broadcast at construction
-    assert r0["end"] == r1["end"]  # different batches per rank, identical updates: gradients averaged
+    assert r0["end"] == r1["end"]  # different batches per rank, identical updates
+    g0, g1 = (torch.load(out / f"rank{r}_grads.pt", weights_only=True) for r in (0, 1))
+    assert len(g0) == len(g1) >= 2  # the generator's and the discriminator's first windows
+    for i in g0:
+        local0, local1 = g0[i]["local"], g1[i]["local"]
+        assert not torch.equal(local0, local1) and local0.abs().sum() > 0  # the ranks saw different data
+        torch.testing.assert_close(g0[i]["reduced"], (local0 + local1) / 2)  # the mean, not the sum
+        assert torch.equal(g0[i]["reduced"], g1[i]["reduced"])
     trained = set(r0["trained"])
     assert trained == {n for n in r0["start"] if n.startswith(("duration_predictor.", "decoder.ups.2.", "discriminator."))}
     assert set(r0["changed"]) == trained  # frozen parameters untouched, every trained one moved

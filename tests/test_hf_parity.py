@@ -41,7 +41,8 @@ CASES = {
     # one speaker with a speaker width: HF builds the conditioning layers but never feeds them
     "unused_conditioning": {"speaker_embedding_size": 8},
 }
-TOL = 1e-4
+TOL = 1e-6  # waveforms: measured <= 2.1e-7 (x86-64 CPU, torch 2.13)
+LATENT_TOL = 1e-5  # the latent z: measured <= 1.8e-6
 
 
 def _build_hf(folder: Path, extra: dict, seed: int = 0):
@@ -92,7 +93,7 @@ def test_waveform_matches_transformers_at_zero_noise(hf_models, case):
     assert wav.shape[-1] == ref.waveform.shape[-1] == int(ref.sequence_lengths[0])
     assert 1e-3 < ref.waveform.std() and ref.waveform.abs().max() < 0.9, "reference must be non-trivial, unsaturated"
     assert (wav - ref.waveform[0]).abs().max() <= TOL
-    assert (got.z - ref.spectrogram).abs().max() <= TOL  # HF's "spectrogram" is the latent z
+    assert (got.z - ref.spectrogram).abs().max() <= LATENT_TOL  # HF's "spectrogram" is the latent z
 
 
 def test_speaker_conditioning_is_exercised(hf_models):

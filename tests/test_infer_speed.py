@@ -223,14 +223,10 @@ def test_public_export() -> None:
 
 # ----------------------------------------------------------------------------- the real joe voice
 @pytest.fixture(scope="module")
-def joe():
-    from vits_surgery.convert.piper_voice import find_joe_voice
+def joe(joe_voice):
     from vits_surgery.text.tokenizer import Tokenizer
 
-    try:
-        onnx_path, _ = find_joe_voice()
-    except FileNotFoundError as err:
-        pytest.skip(f"the joe voice is needed for this test: {err}")
+    onnx_path, _ = joe_voice
     model = vits_surgery.load(onnx_path)
     ids = Tokenizer.from_config(model.config.text).encode("Keep the timbre, change the rhythm.")
     return model, torch.tensor([ids])

@@ -2,7 +2,8 @@
 JSON, the round trip through our own Piper importer, and the voice running in Piper itself.
 
 Parity target (tiny and joe): onnxruntime on the exported file with scales [0, length_scale, 0]
-against ``VITS.infer(noise_scale=0, noise_scale_w=0)``: same length, max abs difference <= 1e-3.
+against ``VITS.infer(noise_scale=0, noise_scale_w=0)``: same length, max abs difference <= TOL
+(tiny) or JOE_TOL (the joe voice).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ ort = pytest.importorskip(
 )
 onnx = pytest.importorskip("onnx", reason="onnx comes with the onnx/dev extras: pip install '.[onnx]'")
 
-TOL = 1e-3
+# Measured max abs differences (x86-64 CPU, torch 2.13, onnxruntime): tiny models <= 5.2e-7,
+# the joe voice <= 1.2e-5; the tolerances keep a margin of about 4-10x.
+TOL = 5e-6
+JOE_TOL = 5e-5
 
 
 def _tiny(n_speakers: int = 0, seed: int = 0, **overrides) -> VITS:
@@ -418,13 +422,8 @@ def test_tiny_voice_runs_in_piper(tiny_export) -> None:
 
 # ----------------------------------------------------------------------------- joe
 @pytest.fixture(scope="module")
-def joe_export(tmp_path_factory):
-    from vits_surgery.convert.piper_voice import find_joe_voice
-
-    try:
-        onnx_path, json_path = find_joe_voice()
-    except FileNotFoundError as err:
-        pytest.skip(f"the joe voice is in the dev extra: {err}")
+def joe_export(tmp_path_factory, joe_voice):
+    onnx_path, json_path = joe_voice
     model = vits_surgery.load(onnx_path)
     out = export_onnx(model, tmp_path_factory.mktemp("joe") / "joe.onnx")
     return model, out, onnx_path, json_path
@@ -447,7 +446,7 @@ def test_joe_export_matches_infer_and_the_original_voice(joe_export) -> None:
     ours = _ours(model, ids).reshape(-1)
     original = _run(_session(onnx_path), ids, [0, 1, 0]).reshape(-1)
     assert exported.shape == ours.shape == original.shape
-    assert np.abs(exported - ours).max() <= TOL and np.abs(exported - original).max() <= TOL
+    assert np.abs(exported - ours).max() <= JOE_TOL and np.abs(exported - original).max() <= JOE_TOL
     assert np.abs(exported).max() > 0.05  # speech
     voice = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
     joe = json.loads(json_path.read_text(encoding="utf-8"))
@@ -477,4 +476,4 @@ def test_joe_export_runs_in_piper(joe_export) -> None:
     quiet = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, normalize_audio=False)
     theirs = voice.phoneme_ids_to_audio(chunk.phoneme_ids, quiet)
     ours = _ours(model, chunk.phoneme_ids).reshape(-1)
-    assert theirs.shape == ours.shape and np.abs(theirs - ours).max() <= TOL
+    assert theirs.shape == ours.shape and np.abs(theirs - ours).max() <= JOE_TOL

@@ -38,11 +38,8 @@ TEXT = "həlˈoʊ wˈɜːld, ðɪs ɪz ə tˈɛst."
 
 
 @pytest.fixture(scope="module")
-def joe() -> tuple[Path, Path]:
-    try:
-        return find_joe_voice()
-    except FileNotFoundError as err:
-        pytest.skip(f"Piper joe voice not installed: {err}")
+def joe(joe_voice) -> tuple[Path, Path]:
+    return joe_voice
 
 
 @pytest.fixture(scope="module")
@@ -432,3 +429,20 @@ def test_flow_and_decoder_match_onnxruntime(recovery, probed):
         wav = decoder(probes["dec_in"], sd)
     assert probes["output"].shape == (1, 1, 1, wav.shape[-1])
     torch.testing.assert_close(wav, probes["output"][:, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_voice_with_external_data_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """External data would make a voice file read other paths: refused before anything is read."""
+    from vits_surgery.convert.onnx_graph import _load
+    from vits_surgery.convert.report import ConversionError
+
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+    path = tmp_path / "voice.onnx"
+    onnx.save(helper.make_model(graph), path, save_as_external_data=True, location="secret.bin",
+              size_threshold=0)
+    (tmp_path / "secret.bin").unlink()  # following the reference would now fail with a missing file
+    with pytest.raises(ConversionError, match=r"1 tensor\(s\) in external data files \(e\.g\. 'w'\)"):
+        _load(path)

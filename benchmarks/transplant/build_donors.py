@@ -1,7 +1,7 @@
 """Build the recipient and donor corpora of the transplant benchmark.
 
 Usage:
-    python benchmarks/transplant/build_donors.py [--out /work/bench_data/transplant]
+    python benchmarks/transplant/build_donors.py [--out bench_data/transplant]
         [--n-train 400] [--n-test 20] [--n-ref 20] [--n-calib 60] [--jobs 2]
         [--flite-voice slt] [--speakers R,D_cad,D_tim,D]
 

@@ -9,7 +9,7 @@ on the test sentences as the run does. If the rate now reaches the donor's, the 
 what holds the transplant back; if it stops short again, the duration predictor's training is.
 
 Usage:
-    python benchmarks/transplant/cadence_oracle.py --recipient /work/bench_data/quick_recipient \
+    python benchmarks/transplant/cadence_oracle.py --recipient bench_data/quick_recipient \
         [--steps 400 --lr 1e-3 --lr-end 0.1 --batch-size 8] [--out oracle.json]
 """
 

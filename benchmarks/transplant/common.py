@@ -1,6 +1,7 @@
 """Shared pieces of the transplant benchmark: paths, sentence splits, corpus folders, voices.
 
-Corpus layout (outside the repository, default ``/work/bench_data/transplant``)::
+Corpus layout (default ``bench_data/transplant`` in the repository, ignored by git; or
+``$TRANSPLANT_DATA``)::
 
     <root>/<speaker>/<split>/metadata.csv     id|text|text  (LJSpeech style)
     <root>/<speaker>/<split>/wavs/<id>.wav    22050 Hz mono 16-bit
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_ROOT = Path(os.environ.get("TRANSPLANT_DATA", "/work/bench_data/transplant"))
-SENTENCES = Path("/work/shared/data/ljspeech_sentences.txt")
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_ROOT = Path(os.environ.get("TRANSPLANT_DATA", REPO / "bench_data" / "transplant"))
+# The LJSpeech sentence list, one sentence per line (see docs/results/README.md)
+SENTENCES = Path(os.environ.get("VITS_SURGERY_SENTENCES", REPO / "bench_data" / "ljspeech_sentences.txt"))
 SAMPLE_RATE = 22050
 SPLITS = ("train", "test", "ref", "calib")
 SLOW = 1.35

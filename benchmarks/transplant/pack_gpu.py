@@ -1,7 +1,7 @@
 """Pack what the GPU timbre runs need into one small folder that can travel to a GPU machine.
 
 Usage:
-    python benchmarks/transplant/pack_gpu.py [--data /work/bench_data/transplant] --out gpu_pack
+    python benchmarks/transplant/pack_gpu.py [--data bench_data/transplant] --out gpu_pack
         [--donors D_tim,D] [--bitrate-level 0.6]
 
 The folder holds, in the layout ``gpu_timbre.sh`` reads as its DATA:

@@ -1,7 +1,7 @@
 """Measure the transplant runs and write the report (tables, WAVs, an HTML page with players).
 
 Usage:
-    python benchmarks/transplant/report.py [--data /work/bench_data/transplant] [--runs ...]
+    python benchmarks/transplant/report.py [--data bench_data/transplant] [--runs ...]
         [--n-test 20] [--players 5]
 
 For each run in ``<data>/runs/<plan>_<donor>/`` (made by ``run_transplants.py``) the final

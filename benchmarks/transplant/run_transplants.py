@@ -1,7 +1,7 @@
 """Run the transplants of the benchmark on the donor corpora of ``build_donors.py``.
 
 Usage:
-    python benchmarks/transplant/run_transplants.py [--data /work/bench_data/transplant]
+    python benchmarks/transplant/run_transplants.py [--data bench_data/transplant]
         [--runs cadence:D_cad,cadence:D,timbre:D_tim,timbre:D]
         [--cadence-steps 400 --cadence-lr 1e-3] [--timbre-steps 2000 --timbre-lr 2e-4]
         [--batch-size 8] [--device cpu] [--threads 2]

@@ -209,11 +209,21 @@ def _load(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
     if os.path.getsize(source) == 0:
         raise ConversionError(f"{os.fspath(source)} is empty (0 bytes): not an ONNX voice")
     try:
-        return onnx.load(os.fspath(source))
+        # A voice is one self-contained file: external data (tensors read from paths the file
+        # names) is never followed, so a voice cannot make us read other files.
+        proto = onnx.load(os.fspath(source), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - protobuf raises its own error types
         raise ConversionError(
             f"{os.fspath(source)} is not a readable ONNX model (truncated or corrupt?): {type(err).__name__}: {err}"
         ) from None
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ConversionError(
+            f"{os.fspath(source)} keeps {len(external)} tensor(s) in external data files (e.g. {external[0]!r}); "
+            "only self-contained ONNX voices are read (re-save it with onnx.save(model, path, "
+            "save_as_external_data=False))"
+        )
+    return proto
 
 
 def _scope(node_name: str) -> str:

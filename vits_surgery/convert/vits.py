@@ -13,7 +13,6 @@ Key layout facts (original VITS, also Piper's ``model_g.`` / ``model_d.``):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -244,8 +243,3 @@ def load_vits(path: Path, config_path: str | Path | None = None, discriminator_p
     if disc is None:
         report.notes.append("generator-only checkpoint: the discriminator is freshly initialised")
     return model, report
-
-
-def replace_text(config: VITSConfig, **changes: Any) -> VITSConfig:
-    """Copy of ``config`` with ``text`` fields changed."""
-    return dataclasses.replace(config, text=dataclasses.replace(config.text, **changes))
