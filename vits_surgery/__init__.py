@@ -45,6 +45,10 @@ _LAZY = {
     "relative_gradient_norms": "vits_surgery.surgery.auto:relative_gradient_norms",
     "RGNReport": "vits_surgery.surgery.auto:RGNReport",
     "RejectionMonitor": "vits_surgery.surgery.monitor:RejectionMonitor",
+    # the subpackage ``vits_surgery.diagnose`` holds ``diagnose``; the top-level name differs so
+    # that importing the subpackage cannot shadow the function
+    "diagnose_donor": "vits_surgery.diagnose.run:diagnose",
+    "Diagnosis": "vits_surgery.diagnose.run:Diagnosis",
 }
 
 # ``convert`` is both a subpackage and a public function: bind the function eagerly (the

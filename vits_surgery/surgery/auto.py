@@ -462,6 +462,7 @@ def auto_plan(
     registry: ComponentRegistry | None = None,
     seed: int = 0,
     plan_cls: type[SurgeryPlan] = SurgeryPlan,
+    baseline_data: Iterable[Batch] | Batch | None = None,
     **plan_kwargs: Any,
 ) -> SurgeryPlan:
     """:func:`relative_gradient_norms` then :func:`plan_from_rgn`; the report is logged (INFO).
@@ -471,10 +472,25 @@ def auto_plan(
             :func:`relative_gradient_norms` (``donor_data`` is its ``batches``).
         top_k, threshold, per_tensor_lr, scale_lr, level, min_lr_scale, plan_cls,
             **plan_kwargs: as :func:`plan_from_rgn`.
+        baseline_data: the recipient's own speech of the donor's texts, batched alike. When
+            given, organs are ranked by contrast, RGN on the donor over RGN on this
+            (:func:`vits_surgery.diagnose.contrast.contrastive_ranking`), and ``threshold``
+            is a fraction of the top contrast; organ level only, no learning-rate scaling.
 
     Returns:
         The plan (to see the scores, call the two functions yourself).
     """
+    if baseline_data is not None:
+        if per_tensor_lr or scale_lr or level != "organ":
+            raise ValueError("a contrastive ranking (baseline_data) plans whole organs without learning-rate scaling")
+        from ..diagnose.contrast import contrastive_ranking, plan_from_contrast
+
+        ranking = contrastive_ranking(
+            model, _take(donor_data, n_batches), _take(baseline_data, n_batches), seed=seed,
+            loss_weights=loss_weights, config=config, registry=registry,
+        )
+        logger.info("contrastive organ ranking:\n%s", ranking.table())
+        return plan_from_contrast(ranking, top_k=top_k, threshold=threshold, plan_cls=plan_cls, **plan_kwargs)
     report = relative_gradient_norms(
         model,
         donor_data,
