@@ -193,3 +193,16 @@ def test_diagnose_a_slowed_donor(tmp_path, voice, tokens):
     page = (tmp_path / "out" / "diagnosis.html").read_text()
     assert "Contrastive organ ranking" in page and "<audio" in page and "cadence" in page
     assert "recommendation: cadence: train duration_predictor" in d.summary()
+
+
+def test_cli_diagnose_prints_and_writes(tmp_path, voice, tokens, capsys):
+    from vits_surgery import save
+    from vits_surgery.cli import main
+
+    save(voice, tmp_path / "voice")
+    root = _folder(tmp_path / "short", synthesize(voice, tokens[:3], seed=5), 16000, TEXTS[:3])
+    assert main(["diagnose", "--voice", str(tmp_path / "voice"), "--donor", str(root), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "[unusable] amount" in out and "recommendation: unusable: train nothing" in out
+    assert json.loads((tmp_path / "o" / "diagnosis.json").read_text())["usable"] is False
+    assert (tmp_path / "o" / "diagnosis.html").is_file()

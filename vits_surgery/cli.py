@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--donor", required=True, help="donor dataset folder (metadata.csv + wavs/)")
     p.add_argument("--out", help="write diagnosis.json and diagnosis.html here")
     p.add_argument("--formatter", default="ljspeech", help="dataset layout (ljspeech, vctk, coqui, csv...)")
-    p.add_argument("--utterances", type=int, default=24, help="donor utterances sampled (default 24)")
+    p.add_argument("--utterances", type=int, default=16, help="donor utterances sampled (default 16)")
     p.add_argument("--regrow-utterances", type=int, default=120,
                    help="utterances of the regrowth an inference-only voice needs first (default 120, cached)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")

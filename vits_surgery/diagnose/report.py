@@ -47,7 +47,7 @@ def summary_text(d: Diagnosis) -> str:
     organs = ", ".join(rec.organs) or "nothing"
     lines += ["", f"recommendation: {rec.kind}: train {organs}", f"  why: {rec.why}"]
     lines += [f"  note: {n}" for n in rec.notes]
-    lines.append(f"({d.seconds.get('total', math.nan):.0f} s)")
+    lines.append(f"({d.seconds.get('total', math.nan):.0f} s wall, {d.seconds.get('cpu_total', math.nan):.0f} s CPU)")
     return "\n".join(lines)
 
 

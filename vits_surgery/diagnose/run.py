@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .checks import Finding, FolderScan, unusable
 from .contrast import ContrastiveRanking
 from .durations import DurationSource, class_frames, mas_durations, token_classes
@@ -99,6 +101,11 @@ def _timed(seconds: dict[str, float], key: str, t0: float) -> float:
     return now
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all threads)."""
+    return time.process_time()
+
+
 def _wers(sample: PairedSample, rate: int, n: int) -> dict[str, float]:
     from ..evaluate import transcribe, word_error_rate
 
@@ -112,22 +119,21 @@ def _wers(sample: PairedSample, rate: int, n: int) -> dict[str, float]:
 
 
 def _class_frames(model: Any, tokenizer: Any, batches: Any, source: DurationSource) -> dict[str, float]:
-    classes = token_classes(tokenizer)
     toks, durs = [], []
     for b in batches:
         toks += [b.tokens[i, : int(n)] for i, n in enumerate(b.token_lengths)]
         durs += source(model, b)
-    return class_frames(toks, durs, classes)
+    return class_frames(toks, durs, token_classes(tokenizer))
 
 
 def diagnose(
     voice: Any,
     donor_dir: str | Path,
     out_dir: str | Path | None = None,
-    n_utterances: int = 24,
+    n_utterances: int = 16,
     n_rgn_batches: int = 2,
     batch_size: int = 4,
-    n_asr: int = 6,
+    n_asr: int = 4,
     seed: int = 0,
     formatter: str = "ljspeech",
     duration_source: DurationSource = mas_durations,
@@ -149,7 +155,7 @@ def diagnose(
             inference-only voice first, see :func:`vits_surgery.regrow`).
         donor_dir: the donor's dataset folder (``formatter`` layout, LJSpeech by default).
         out_dir: where ``diagnosis.json`` and ``diagnosis.html`` go (None: not written).
-        n_utterances: donor utterances sampled (24 keeps a 10-minute donor near a minute).
+        n_utterances: donor utterances sampled (of 0.3-8 s; the cost grows with it).
         n_rgn_batches, batch_size: batches per side for the contrastive ranking.
         n_asr: utterances per side for the language check (word error rate).
         seed: sampling, synthesis and training-noise seed.
@@ -179,6 +185,7 @@ def diagnose(
     ck = {k: dict(v) for k, v in (check_kwargs or {}).items()}
     seconds: dict[str, float] = {}
     t = t_start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     model, voice_name = _load_voice(voice)
     rate = model.config.audio.sample_rate
     tokenizer = Tokenizer.from_config(model.config, on_unknown="error")
@@ -198,7 +205,7 @@ def diagnose(
     diag = Diagnosis(str(donor_dir), voice_name, scan, findings, Recommendation((), "none", ""), seconds=seconds,
                      voice_rate=rate, sample=sample)
     if not sample.texts:
-        return _finish(diag, out_dir, t_start)
+        return _finish(diag, out_dir, t_start, cpu_start)
     wer: dict[str, float] = {}
     if on["asr"] and n_asr > 0:
         say("recognizing speech (language check)")
@@ -211,7 +218,7 @@ def diagnose(
                                           language=language, **ck.get("language", {})))
     diag.wer = wer
     if stop_if_unusable and unusable(findings):
-        return _finish(diag, out_dir, t_start)
+        return _finish(diag, out_dir, t_start, cpu_start)
     order = sorted(range(len(sample.texts)), key=lambda i: len(sample.tokens[i]))
     both = {side: make_batches(model.config, sample.tokens, audios, sample.texts, order, batch_size)
             for side, audios in (("donor", sample.donor_model_rate), ("recipient", sample.recipient))}
@@ -221,14 +228,17 @@ def diagnose(
                                        seed=seed, **dict(rgn_kwargs or {}))
     t = _timed(seconds, "ranking", t)
     say("measuring the profile")
-    frames = tuple(_class_frames(model, tokenizer, both[s], duration_source) for s in ("donor", "recipient"))
+    # the donor's durations come from the duration source; the voice's are the ones it chose
+    frames = (_class_frames(model, tokenizer, both["donor"], duration_source),
+              class_frames([torch.tensor(t) for t in sample.tokens], sample.recipient_durations,
+                           token_classes(tokenizer)))
     t = _timed(seconds, "durations", t)
     diag.profile = measure_profile(sample.donor, [(a, rate) for a in sample.recipient], sample.texts, frames,
                                    language, pitch=on["pitch"], similarity=on["similarity"],
                                    duration_source=getattr(duration_source, "__name__", "custom").replace("_durations", ""))
     _timed(seconds, "profile", t)
     diag.recommendation = recommend(diag.ranking, diag.profile)
-    return _finish(diag, out_dir, t_start)
+    return _finish(diag, out_dir, t_start, cpu_start)
 
 
 def _spread(batches: list, n: int) -> list:
@@ -239,13 +249,15 @@ def _spread(batches: list, n: int) -> list:
     return [batches[round(k * step)] for k in range(n)]
 
 
-def _finish(diag: Diagnosis, out_dir: str | Path | None, t_start: float) -> Diagnosis:
+def _finish(diag: Diagnosis, out_dir: str | Path | None, t_start: float, cpu_start: float = math.nan) -> Diagnosis:
     bad = unusable(diag.findings)
     if bad:
         keep = diag.recommendation
         diag.recommendation = Recommendation((), "unusable", "unusable donor: " + "; ".join(f.message for f in bad),
                                              keep.evidence, [f"had it been usable: {keep.why}"] if keep.why else [])
     diag.seconds["total"] = round(time.perf_counter() - t_start, 2)
+    if math.isfinite(cpu_start):
+        diag.seconds["cpu_total"] = round(_cpu_seconds() - cpu_start, 2)
     if out_dir is not None:
         diag.write(out_dir)
     return diag

@@ -30,6 +30,7 @@ class PairedSample:
         recipient: the voice's synthesis of each text at its rate.
         ids: donor utterance ids.
         unencodable: texts of the picked utterances the tokenizer could not encode.
+        recipient_durations: frames per token the voice chose for each text ([T_x] each).
     """
 
     texts: list[str]
@@ -39,10 +40,11 @@ class PairedSample:
     recipient: list[np.ndarray]
     ids: list[str]
     unencodable: list[str] = field(default_factory=list)
+    recipient_durations: list[torch.Tensor] = field(default_factory=list)
 
 
 def pick_utterances(
-    items: Sequence[Any], n: int, seed: int = 0, min_seconds: float = 0.3, max_seconds: float = 15.0
+    items: Sequence[Any], n: int, seed: int = 0, min_seconds: float = 0.3, max_seconds: float = 8.0
 ) -> list[Any]:
     """A seeded sample of at most ``n`` utterances whose length is within bounds (headers only)."""
     import soundfile as sf
@@ -62,19 +64,27 @@ def pick_utterances(
     return out
 
 
-@torch.no_grad()
 def synthesize(model: Any, tokens: Sequence[Sequence[int]], seed: int = 0, **infer_kwargs: Any) -> list[np.ndarray]:
-    """The voice reading each token sequence (one seeded generator per utterance)."""
+    """The voice reading each token sequence (one seeded generator per utterance): [N] samples each."""
+    return _read_aloud(model, tokens, seed, **infer_kwargs)[0]
+
+
+@torch.no_grad()
+def _read_aloud(
+    model: Any, tokens: Sequence[Sequence[int]], seed: int = 0, **infer_kwargs: Any
+) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+    """Audio and the frames per token the voice chose, per utterance."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    audios, durations = [], []
     for i, ids in enumerate(tokens):
         gen = torch.Generator(device).manual_seed(seed + i)
         res = model.infer(torch.tensor([list(ids)], device=device), generator=gen, **infer_kwargs)
-        out.append(res.audio[0, 0, : int(res.audio_lengths[0])].float().cpu().numpy())
+        audios.append(res.audio[0, 0, : int(res.audio_lengths[0])].float().cpu().numpy())
+        durations.append(res.durations[0, : len(ids)].float().cpu())
     model.train(was)
-    return out
+    return audios, durations
 
 
 def make_batches(
@@ -120,5 +130,5 @@ def paired_sample(model: Any, tokenizer: Any, items: Sequence[Any], seed: int = 
         donor.append((audio, sr))
         donor_sr.append(resample(audio, sr, rate) if sr != rate else audio)
         ids.append(getattr(utt, "id", Path(utt.audio_path).stem))
-    recipient = synthesize(model, tokens, seed=seed, **infer_kwargs)
-    return PairedSample(texts, tokens, donor, donor_sr, recipient, ids, bad)
+    recipient, durations = _read_aloud(model, tokens, seed=seed, **infer_kwargs)
+    return PairedSample(texts, tokens, donor, donor_sr, recipient, ids, bad, durations)
