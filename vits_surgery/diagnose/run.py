@@ -118,12 +118,12 @@ def _wers(sample: PairedSample, rate: int, n: int) -> dict[str, float]:
     return {"donor": word_error_rate(refs, donor), "recipient": word_error_rate(refs, recipient), "n": float(k)}
 
 
-def _class_frames(model: Any, tokenizer: Any, batches: Any, source: DurationSource) -> dict[str, float]:
+def _class_frames(model: Any, classes: dict[int, str], batches: Any, source: DurationSource) -> dict[str, float]:
     toks, durs = [], []
     for b in batches:
         toks += [b.tokens[i, : int(n)] for i, n in enumerate(b.token_lengths)]
         durs += source(model, b)
-    return class_frames(toks, durs, token_classes(tokenizer))
+    return class_frames(toks, durs, classes)
 
 
 def diagnose(
@@ -173,72 +173,97 @@ def diagnose(
     Returns:
         :class:`Diagnosis` (also written to ``out_dir`` when given).
     """
-    from ..data import read_items
     from ..text import Tokenizer
-    from . import checks
-    from .contrast import contrastive_ranking
-    from .profile import measure_profile
-    from .sample import make_batches, paired_sample, pick_utterances
 
     say = progress or (lambda msg: logger.info("diagnose: %s", msg))
     on = {"pitch": True, "similarity": True, "asr": True, **(measure or {})}
     ck = {k: dict(v) for k, v in (check_kwargs or {}).items()}
-    seconds: dict[str, float] = {}
-    t = t_start = time.perf_counter()
-    cpu_start = _cpu_seconds()
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     model, voice_name = _load_voice(voice)
-    rate = model.config.audio.sample_rate
     tokenizer = Tokenizer.from_config(model.config, on_unknown="error")
+    diag = _sample_and_check(model, tokenizer, donor_dir, formatter, n_utterances, seed, ck, say)
+    diag.voice = voice_name
+    if diag.sample.texts:
+        _language_checks(diag, n_asr if on["asr"] else 0, language, ck, say)
+    if not diag.sample.texts or (stop_if_unusable and not diag.usable):
+        return _finish(diag, out_dir, t_start, cpu_start)
+    _measure(diag, model, tokenizer, n_rgn_batches, batch_size, seed, duration_source, language, on,
+             dict(rgn_kwargs or {}), say)
+    diag.recommendation = recommend(diag.ranking, diag.profile)
+    return _finish(diag, out_dir, t_start, cpu_start)
+
+
+def _sample_and_check(model: Any, tokenizer: Any, donor_dir: str | Path, formatter: str, n: int, seed: int,
+                      ck: dict[str, dict[str, float]], say: Callable[[str], None]) -> Diagnosis:
+    """Folder scan, the paired sample, and the checks that need no recognizer."""
+    from ..data import read_items
+    from . import checks
+    from .sample import paired_sample, pick_utterances
+
+    seconds: dict[str, float] = {}
+    t, rate = time.perf_counter(), model.config.audio.sample_rate
     say("scanning the donor folder")
     items = read_items(donor_dir, formatter)
     scan = checks.scan_audio_files([u.audio_path for u in items])
     findings = [checks.check_amount(scan.total_seconds, **ck.get("amount", {})),
                 checks.check_sample_rate(scan.sample_rate, rate, **ck.get("sample_rate", {}))]
-    picked = pick_utterances(items, n_utterances, seed)
+    picked = pick_utterances(items, n, seed)
     t = _timed(seconds, "scan", t)
     say(f"the voice reads {len(picked)} donor texts")
     sample = paired_sample(model, tokenizer, picked, seed=seed)
-    t = _timed(seconds, "synthesis", t)
+    _timed(seconds, "synthesis", t)
     example = f"(e.g. {sample.unencodable[0][:60]!r})" if sample.unencodable else ""
-    findings += [checks.check_transcripts(len(picked), len(sample.unencodable), example=example, **ck.get("transcripts", {})),
+    findings += [checks.check_transcripts(len(picked), len(sample.unencodable), example=example,
+                                          **ck.get("transcripts", {})),
                  checks.check_clipping([a for a, _ in sample.donor], **ck.get("clipping", {}))]
-    diag = Diagnosis(str(donor_dir), voice_name, scan, findings, Recommendation((), "none", ""), seconds=seconds,
+    return Diagnosis(str(donor_dir), "", scan, findings, Recommendation((), "none", ""), seconds=seconds,
                      voice_rate=rate, sample=sample)
-    if not sample.texts:
-        return _finish(diag, out_dir, t_start, cpu_start)
-    wer: dict[str, float] = {}
-    if on["asr"] and n_asr > 0:
+
+
+def _language_checks(diag: Diagnosis, n_asr: int, language: str, ck: dict[str, dict[str, float]],
+                     say: Callable[[str], None]) -> None:
+    """The transcripts' language and the recognizer's word errors on both sides."""
+    from . import checks
+
+    t = time.perf_counter()
+    if n_asr > 0:
         say("recognizing speech (language check)")
-        wer = _wers(sample, rate, n_asr)
-        t = _timed(seconds, "asr", t)
-    if language.startswith("en") and on["asr"]:
-        findings.append(checks.check_text_language(checks.english_word_share(sample.texts),
-                                                   **ck.get("text_language", {})))
-    findings.append(checks.check_language(wer.get("donor", math.nan), wer.get("recipient", math.nan),
-                                          language=language, **ck.get("language", {})))
-    diag.wer = wer
-    if stop_if_unusable and unusable(findings):
-        return _finish(diag, out_dir, t_start, cpu_start)
+        diag.wer = _wers(diag.sample, diag.voice_rate, n_asr)
+        if language.startswith("en"):
+            share = checks.english_word_share(diag.sample.texts)
+            diag.findings.append(checks.check_text_language(share, **ck.get("text_language", {})))
+        _timed(diag.seconds, "asr", t)
+    diag.findings.append(checks.check_language(diag.wer.get("donor", math.nan), diag.wer.get("recipient", math.nan),
+                                               language=language, **ck.get("language", {})))
+
+
+def _measure(diag: Diagnosis, model: Any, tokenizer: Any, n_rgn_batches: int, batch_size: int, seed: int,
+             duration_source: DurationSource, language: str, on: dict[str, bool], rgn_kwargs: dict[str, Any],
+             say: Callable[[str], None]) -> None:
+    """The contrastive ranking and the profile."""
+    from .contrast import contrastive_ranking
+    from .profile import measure_profile
+    from .sample import make_batches
+
+    sample, rate, t = diag.sample, diag.voice_rate, time.perf_counter()
     order = sorted(range(len(sample.texts)), key=lambda i: len(sample.tokens[i]))
     both = {side: make_batches(model.config, sample.tokens, audios, sample.texts, order, batch_size)
             for side, audios in (("donor", sample.donor_model_rate), ("recipient", sample.recipient))}
     say("contrastive organ ranking")
     n_b = max(1, min(n_rgn_batches, len(both["donor"])))
     diag.ranking = contrastive_ranking(model, _spread(both["donor"], n_b), _spread(both["recipient"], n_b),
-                                       seed=seed, **dict(rgn_kwargs or {}))
-    t = _timed(seconds, "ranking", t)
+                                       seed=seed, **rgn_kwargs)
+    t = _timed(diag.seconds, "ranking", t)
     say("measuring the profile")
     # the donor's durations come from the duration source; the voice's are the ones it chose
-    frames = (_class_frames(model, tokenizer, both["donor"], duration_source),
-              class_frames([torch.tensor(t) for t in sample.tokens], sample.recipient_durations,
-                           token_classes(tokenizer)))
-    t = _timed(seconds, "durations", t)
+    classes = token_classes(tokenizer)
+    frames = (_class_frames(model, classes, both["donor"], duration_source),
+              class_frames([torch.tensor(ids) for ids in sample.tokens], sample.recipient_durations, classes))
+    t = _timed(diag.seconds, "durations", t)
+    name = getattr(duration_source, "__name__", "custom").replace("_durations", "")
     diag.profile = measure_profile(sample.donor, [(a, rate) for a in sample.recipient], sample.texts, frames,
-                                   language, pitch=on["pitch"], similarity=on["similarity"],
-                                   duration_source=getattr(duration_source, "__name__", "custom").replace("_durations", ""))
-    _timed(seconds, "profile", t)
-    diag.recommendation = recommend(diag.ranking, diag.profile)
-    return _finish(diag, out_dir, t_start, cpu_start)
+                                   language, pitch=on["pitch"], similarity=on["similarity"], duration_source=name)
+    _timed(diag.seconds, "profile", t)
 
 
 def _spread(batches: list, n: int) -> list:
