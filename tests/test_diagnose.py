@@ -178,6 +178,13 @@ def test_contrast_ranks_the_decoder_first_for_another_timbre(voice, tokens):
     assert ranking.ranking()[0] == "decoder" and ranking.contrast("decoder") > 1.5
     assert recommend(ranking, None).kind == "timbre"
     assert all(torch.equal(before[k], v) for k, v in voice.state_dict().items())  # the voice is untouched
+    # Auto-RGN ranks by the same contrast when given the voice's own speech
+    from vits_surgery.surgery.plan import SurgeryPlan
+
+    plan = SurgeryPlan.auto(voice, don, baseline_data=rec, n_batches=1)
+    assert plan.train == ("decoder",) and plan.name == "auto-contrast"
+    with pytest.raises(ValueError, match="learning-rate"):
+        SurgeryPlan.auto(voice, don, baseline_data=rec, scale_lr=True)
 
 
 def test_diagnose_a_slowed_donor(tmp_path, voice, tokens):
