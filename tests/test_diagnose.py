@@ -144,6 +144,13 @@ def test_rule_on_synthetic_rgn():
     tim = recommend(ranking_from_rgn(TIM, SELF), None)
     assert tim.organs == ("decoder", "flow") and tim.kind == "timbre"
     assert recommend(ranking_from_rgn(SELF, SELF), None).kind == "none"
+    # measured on the regrown joe voice (docs/benchmarks.md, "Donor diagnosis"): the slowed voice
+    # pulls on the decoder too (3.1x), which must not make it a timbre donor
+    own = {"decoder": 1.886, "flow": 0.1442, "posterior_encoder": 0.8811, "text_encoder": 0.4685,
+           "duration_predictor": 0.05761}
+    d_cad = {"decoder": 5.789, "flow": 0.1875, "posterior_encoder": 1.01, "text_encoder": 0.4663,
+             "duration_predictor": 0.2159}
+    assert recommend(ranking_from_rgn(d_cad, own), None).organs == ("duration_predictor",)
     # the raw ranking would pick the decoder for the cadence donor; the contrast does not
     assert max(CAD, key=CAD.get) == "decoder"
     assert ranking_from_rgn(CAD, SELF).ranking()[0] == "duration_predictor"

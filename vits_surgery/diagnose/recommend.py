@@ -102,13 +102,15 @@ def recommend(
         f0_tolerance: median-F0 shift in semitones that counts as another voice.
         similarity_margin: how far below the voice's own cosine the donor's must be.
         cadence_contrast: duration-predictor contrast over the text encoder's that counts.
-        timbre_contrast: decoder or flow contrast that counts.
-        flow_contrast: flow contrast above which the flow joins a timbre plan.
+        timbre_contrast: decoder contrast that counts (without a cadence signal).
+        flow_contrast: flow contrast that counts, and above which the flow joins a timbre plan.
     """
     c = ranking.contrast if ranking is not None else (lambda organ: math.nan)
     dp, te, dec, flow = c("duration_predictor"), c("text_encoder"), c("decoder"), c("flow")
     cad_grad = _finite(dp, te) and dp / te >= cadence_contrast
-    tim_grad = (_finite(dec) and dec >= timbre_contrast) or (_finite(flow) and flow >= timbre_contrast)
+    # the flow's contrast marks another voice; the decoder's alone only when no cadence signal
+    # explains it (a slowed donor pulls on the voice's decoder too: 3.1x on D_cad, docs/benchmarks.md)
+    tim_grad = (_finite(flow) and flow >= flow_contrast) or (_finite(dec) and dec >= timbre_contrast and not cad_grad)
     cad_prof = tim_prof = None
     if profile is not None and _finite(profile.rate_ratio):
         cad_prof = abs(math.log(profile.rate_ratio)) >= math.log1p(rate_tolerance)
