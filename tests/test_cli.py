@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coqui" / "graphemes_sdp" / "model.pth"
-COMMANDS = ["inspect", "convert", "synth", "regrow", "transplant", "evaluate", "report", "demo"]
+COMMANDS = ["inspect", "convert", "synth", "regrow", "transplant", "diagnose", "evaluate", "report", "demo"]
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -44,10 +44,14 @@ _LAZY = {
     "blend": "vits_surgery.surgery.swap:blend",
     "build_report": "vits_surgery.report:build_report",
     "relative_gradient_norms": "vits_surgery.surgery.auto:relative_gradient_norms",
-    "auto_plan": "vits_surgery.surgery.auto:auto_plan",
+    "auto_plan": "vits_surgery.surgery.autoplan:auto_plan",
     "preserved": "vits_surgery.surgery.freeze:preserved",
     "RGNReport": "vits_surgery.surgery.auto:RGNReport",
     "RejectionMonitor": "vits_surgery.surgery.monitor:RejectionMonitor",
+    # the subpackage ``vits_surgery.diagnose`` holds ``diagnose``; the top-level name differs so
+    # that importing the subpackage cannot shadow the function
+    "diagnose_donor": "vits_surgery.diagnose.run:diagnose",
+    "Diagnosis": "vits_surgery.diagnose.run:Diagnosis",
 }
 
 # ``convert`` is both a subpackage and a public function: bind the function eagerly (the

@@ -178,6 +178,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """What a donor differs in, whether it is usable, and which organs to train."""
+    import torch
+
+    from .diagnose import diagnose
+    from .regrowth import RegrowOptions, organs_from_report, regrow
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, report = _load(args.voice)
+    missing = tuple(o for o in organs_from_report(report) if o in ("posterior_encoder", "duration_posterior"))
+    if missing:  # an inference-only voice: its alignment needs the regrown organs (cached after the first time)
+        regrow(model, organs=missing, report=report,
+               options=RegrowOptions.quick(n_utterances=args.regrow_utterances, progress=False))
+    if not Path(args.donor).is_dir():
+        raise UserError(f"donor folder {args.donor!r} not found")
+    result = diagnose(model, args.donor, n_utterances=args.utterances, seed=args.seed,
+                      formatter=args.formatter)
+    result.voice = args.voice
+    if args.out:
+        result.write(args.out)
+    print(result.summary())
+    if args.out:
+        print(f"wrote {Path(args.out) / 'diagnosis.json'} and {Path(args.out) / 'diagnosis.html'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """One-command cadence transplant on the built-in voice."""
     from .demo import run_demo
@@ -199,6 +226,8 @@ _EXAMPLES = {
     "  vits-surgery regrow --voice joe --organs posterior_encoder duration_posterior --out joe_cadence_ready/",
     "transplant": "vits-surgery transplant --voice joe_regrown/ --plan cadence --donor donor/ --steps 2000\n"
     "  vits-surgery transplant --voice model.pth --train decoder flow --donor donor/ --lr 1e-4 --resume",
+    "diagnose": "vits-surgery diagnose --donor donor/ --out diagnosis/\n"
+    "  vits-surgery diagnose --voice joe_regrown/ --donor donor/ --utterances 40",
     "evaluate": "vits-surgery evaluate demo_out/donor --reference demo_out/donor",
     "report": "vits-surgery report runs/cadence\n  vits-surgery report runs/cadence --out cadence.html",
 }
@@ -289,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences synthesized at each listening checkpoint")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out-dir")
+
+    p = _sub(subs, "diagnose", cmd_diagnose, "before training: what a donor differs in and which organs to train")
+    p.add_argument("--voice", default=DEFAULT_VOICE, help="recipient (native folder, checkpoint or 'joe')")
+    p.add_argument("--donor", required=True, help="donor dataset folder (metadata.csv + wavs/)")
+    p.add_argument("--out", help="write diagnosis.json and diagnosis.html here")
+    p.add_argument("--formatter", default="ljspeech", help="dataset layout (ljspeech, vctk, coqui, csv...)")
+    p.add_argument("--utterances", type=int, default=16, help="donor utterances sampled (default 16)")
+    p.add_argument("--regrow-utterances", type=int, default=120,
+                   help="utterances of the regrowth an inference-only voice needs first (default 120, cached)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = _sub(subs, "evaluate", cmd_evaluate, "speaking rate, F0, speaker similarity and WER of a WAV folder")
     p.add_argument("folder", help="folder with metadata.csv and wavs/")

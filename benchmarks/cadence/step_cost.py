@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_name  # noqa: E402
 
+
 def donor_batch(model, n: int = 8, lo: float = 6.0, hi: float = 10.0, length_scale: float = 1.35):
     """``n`` donor utterances of ``lo``-``hi`` seconds as one collated Batch."""
     import torch

@@ -29,7 +29,7 @@ _LAZY = {
     "BatchStream": "runtime",
     "relative_gradient_norms": "auto",
     "plan_from_rgn": "auto",
-    "auto_plan": "auto",
+    "auto_plan": "autoplan",
     "RGNReport": "auto",
     "RejectionMonitor": "monitor",
 }

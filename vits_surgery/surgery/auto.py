@@ -64,7 +64,6 @@ __all__ = [
     "RGNReport",
     "relative_gradient_norms",
     "plan_from_rgn",
-    "auto_plan",
     "sub_organ_of",
 ]
 
@@ -452,58 +451,6 @@ def _tensor_scales(tensors: list[RGNRow], floor: float) -> dict[str, float]:
             value = t.rgn / top if top > 0 else 0.0
         out[t.name] = max(value, floor)
     return out
-
-
-def auto_plan(
-    model: nn.Module,
-    donor_data: Iterable[Batch] | Batch,
-    top_k: int | None = 1,
-    threshold: float | None = None,
-    per_tensor_lr: bool = False,
-    n_batches: int = 4,
-    *,
-    scale_lr: bool = False,
-    level: str = "organ",
-    min_lr_scale: float = 1e-3,
-    loss_weights: Mapping[str, float] | None = None,
-    config: TrainConfig | None = None,
-    registry: ComponentRegistry | None = None,
-    seed: int = 0,
-    plan_cls: type[SurgeryPlan] = SurgeryPlan,
-    **plan_kwargs: Any,
-) -> SurgeryPlan:
-    """:func:`relative_gradient_norms` then :func:`plan_from_rgn`; the report is logged (INFO).
-
-    Args:
-        model, donor_data, n_batches, loss_weights, config, registry, seed: as
-            :func:`relative_gradient_norms` (``donor_data`` is its ``batches``).
-        top_k, threshold, per_tensor_lr, scale_lr, level, min_lr_scale, plan_cls,
-            **plan_kwargs: as :func:`plan_from_rgn`.
-
-    Returns:
-        The plan (to see the scores, call the two functions yourself).
-    """
-    report = relative_gradient_norms(
-        model,
-        donor_data,
-        n_batches=n_batches,
-        loss_weights=loss_weights,
-        config=config,
-        registry=registry,
-        seed=seed,
-    )
-    logger.info("%s", report)
-    return plan_from_rgn(
-        report,
-        top_k=top_k,
-        threshold=threshold,
-        per_tensor_lr=per_tensor_lr,
-        scale_lr=scale_lr,
-        level=level,
-        min_lr_scale=min_lr_scale,
-        plan_cls=plan_cls,
-        **plan_kwargs,
-    )
 
 
 @contextlib.contextmanager
