@@ -12,7 +12,8 @@ Ground truth:
   (``utt.save.segs``) and word spans (first and last segment of each word);
 * ``joe_cad``: the joe voice at ``length_scale`` 1.35, whose per-token durations are exact.
 
-Routes: ``forced`` (pocketsphinx forced alignment mapped onto joe's tokens, the library's
+Routes: ``textgrid`` (the festival truth written as an MFA-style TextGrid and read back: the
+loss of the token mapping alone, festival voices only), ``forced`` (pocketsphinx forced alignment mapped onto joe's tokens, the library's
 ``donor_durations(source="forced")``) and ``mas`` (MAS through joe's regrown posterior encoder
 and flow, as the VITS training path does; the regrowth is loaded from the regrow cache or made).
 
@@ -98,6 +99,18 @@ def festival_truth(base: Path) -> tuple[list[WordSpan], list[tuple[float, float]
         phones = tuple((lab, s, e) for lab, s, e in segs if lab != "pau" and s >= a - 1e-4 and e <= b + 1e-4)
         words.append(WordSpan(normalize_word(name), a, b, phones))
     return words, pauses
+
+
+def write_textgrid(path: Path, words: list[WordSpan], length: float) -> Path:
+    """The festival truth as an MFA-style TextGrid (tiers ``words`` and ``phones``)."""
+    from praatio import textgrid
+
+    tg = textgrid.Textgrid()
+    tg.addTier(textgrid.IntervalTier("words", [(w.start, w.end, w.text) for w in words], 0, length))
+    phones = [(a, b, lab.upper()) for w in words for lab, a, b in w.phones if b > a]
+    tg.addTier(textgrid.IntervalTier("phones", phones, 0, length))
+    tg.save(str(path), format="long_textgrid", includeBlankSpaces=True)
+    return path
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -200,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     from vits_surgery.convert.piper_voice import find_joe_voice
     from vits_surgery.durations.api import DonorUtterance, mas_durations, recipient_weights
     from vits_surgery.durations.forced import AlignmentError, forced_align
+    from vits_surgery.durations.textgrid import read_textgrid
     from vits_surgery.durations.tokens import token_durations
     from vits_surgery.text import Tokenizer
 
@@ -246,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
                     logger.info("%s %d: festival words differ from the transcript; skipped", voice, k)
                     continue
                 audio, asr = load_audio(folder / f"{k}.wav")
-                items.append((text, resample(audio, asr, sr), truth, pauses, None, None))
+                tg = write_textgrid(folder / f"{k}.TextGrid", truth, len(audio) / asr)
+                items.append((text, resample(audio, asr, sr), truth, pauses, tg, None))
         synth_s = time.time() - t0
         audio_s = sum(len(it[1]) for it in items) / sr
         vres: dict = results["voices"].get(voice, {})
@@ -256,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
             lists: dict[str, tuple[list, list]] = {"word": ([], []), "pause": ([], []), "phone": ([], []),
                                                    "aligner_word": ([], [])}
             failed, t1 = 0, time.time()
-            for text, audio, truth, pauses, _, _ in items:
+            if route == "textgrid" and voice == "joe_cad":
+                continue  # its truth is per token already
+            for text, audio, truth, pauses, tg, _ in items:
                 ids = tok.encode(text)
                 n = num_frames(len(audio), cfg.n_fft, cfg.hop_length)
                 if route == "forced":
@@ -269,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
                     for s, t in zip(spans, truth, strict=False):
                         lists["aligner_word"][0].extend([s.start, s.end])
                         lists["aligner_word"][1].extend([t.start, t.end])
+                elif route == "textgrid":
+                    w = recipient_weights(model, ids)
+                    dur = token_durations(tok, ids, read_textgrid(tg), n, frame_s, w)
                 else:
                     dur = mas_durations(model, DonorUtterance("", text, ids, audio.astype(np.float32), n))
                 words = transcript_words(text)

@@ -66,7 +66,7 @@ def read_textgrid(path: str | Path) -> list[WordSpan]:
         if label.lower() in SILENCE_LABELS:
             continue
         start, end = float(e.start), float(e.end)
-        inside = tuple(p for p in phones if p.start >= start - 1e-6 and p.end <= end + 1e-6)
+        inside = tuple(p for p in phones if start <= (p.start + p.end) / 2 < end)
         parts = [w for w in (normalize_word(t) for t in label.replace("-", " ").split()) if w]
         if len(parts) <= 1:
             out.append(WordSpan(parts[0] if parts else label.lower(), start, end, inside))
