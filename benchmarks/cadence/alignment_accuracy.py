@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         for route in routes:
             lists: dict[str, tuple[list, list]] = {"word": ([], []), "pause": ([], []), "phone": ([], []),
                                                    "aligner_word": ([], [])}
-            failed, t1 = 0, time.time()
+            failed, t1, c1 = 0, time.time(), time.process_time()
             if route == "textgrid" and voice == "joe_cad":
                 continue  # its truth is per token already
             for text, audio, truth, pauses, tg, _ in items:
@@ -302,7 +303,11 @@ def main(argv: list[str] | None = None) -> None:
                         lists["phone"][1].append(t)
             wall = time.time() - t1
             vres[route] = {key: score(p, t, frame_s) for key, (p, t) in lists.items() if p}
-            vres[route].update(failed=failed, wall_seconds=wall, seconds_per_audio_minute=wall / max(audio_s / 60, 1e-9))
+            cpu = time.process_time() - c1
+            vres[route].update(failed=failed, wall_seconds=wall, cpu_seconds=cpu,
+                               seconds_per_audio_minute=wall / max(audio_s / 60, 1e-9),
+                               cpu_seconds_per_audio_minute=cpu / max(audio_s / 60, 1e-9),
+                               load_average=os.getloadavg()[0])
             logger.info("%s / %s: %s", voice, route, json.dumps(vres[route]))
         results["voices"][voice] = vres
     results["machine"] = {"cpu": _cpu(), "python": platform.python_version(), "torch": torch.__version__,
