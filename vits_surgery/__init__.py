@@ -30,6 +30,7 @@ _LAZY = {
     "RegrowOptions": "vits_surgery.regrowth.options:RegrowOptions",
     "Tokenizer": "vits_surgery.text.tokenizer:Tokenizer",
     "maximum_path": "vits_surgery.align:maximum_path",
+    "donor_durations": "vits_surgery.durations.api:donor_durations",
     "TextAudioDataset": "vits_surgery.data:TextAudioDataset",
     "make_loader": "vits_surgery.data:make_loader",
     "ListeningCallback": "vits_surgery.surgery.listening:ListeningCallback",

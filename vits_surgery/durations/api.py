@@ -1,0 +1,194 @@
+"""Per-token donor durations for a cadence transplant, from one of three sources."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .segments import WordSpan
+from .tokens import token_durations
+
+__all__ = ["SOURCES", "DonorUtterance", "donor_durations", "mas_durations", "recipient_weights"]
+
+logger = logging.getLogger(__name__)
+
+#: The duration sources :func:`donor_durations` accepts.
+SOURCES = ("forced", "textgrid", "mas")
+
+
+@dataclass
+class DonorUtterance:
+    """What a duration source needs of one utterance (model rate, model tokens)."""
+
+    id: str
+    text: str
+    tokens: list[int]
+    audio: np.ndarray  # [N] float32 at the model's sample rate
+    n_frames: int
+    spec: torch.Tensor | None = None  # [F, n_frames], when already computed
+
+
+def _from_dataset(dataset: Any) -> Iterable[DonorUtterance]:
+    for i in range(len(dataset)):
+        s = dataset[i]
+        yield DonorUtterance(s.id, s.text, s.tokens.tolist(), s.wav[0].numpy(), int(s.spec.shape[-1]), s.spec)
+
+
+def _from_items(model: Any, items: Iterable[Any]) -> Iterable[DonorUtterance]:
+    from ..audio import load_audio, num_frames, resample
+    from ..text import Tokenizer
+
+    cfg = model.config.audio
+    tokenizer = Tokenizer.from_config(model.config)
+    for item in items:
+        path, text = (item.audio_path, item.text) if hasattr(item, "audio_path") else (item[0], item[1])
+        uid = getattr(item, "id", "") or Path(path).stem
+        audio, sr = load_audio(path)
+        if sr != cfg.sample_rate:
+            audio = resample(audio, sr, cfg.sample_rate)
+        n = num_frames(len(audio), cfg.n_fft, cfg.hop_length)
+        yield DonorUtterance(uid, text, tokenizer.encode(text), np.asarray(audio, dtype=np.float32), n)
+
+
+@torch.no_grad()
+def recipient_weights(model: Any, tokens: Sequence[int]) -> torch.Tensor:
+    """The recipient's own predicted durations [T] (frames, not rounded, no noise)."""
+    x = torch.tensor([list(tokens)], dtype=torch.long)
+    enc = model.encode_text(x, torch.tensor([x.shape[1]]))
+    logw = model.duration_predictor.infer(enc.hidden, enc.mask, g=None, noise_scale=0.0)  # [1, 1, T]
+    return torch.exp(logw)[0, 0].double()
+
+
+@torch.no_grad()
+def mas_durations(model: Any, utt: DonorUtterance) -> torch.Tensor:
+    """MAS through the model's own posterior encoder (mean) and flow: [T] long frames."""
+    from ..audio import spectrogram
+
+    spec = utt.spec
+    if spec is None:
+        spec = spectrogram(torch.from_numpy(utt.audio).unsqueeze(0), model.config.audio)[0]
+    x = torch.tensor([utt.tokens], dtype=torch.long)
+    enc = model.encode_text(x, torch.tensor([x.shape[1]]))
+    post = model.encode_audio(spec.unsqueeze(0), torch.tensor([spec.shape[-1]]), None,
+                              noise=torch.zeros(1, model.config.inter_channels, spec.shape[-1]))
+    z_p = model.flow(post.z, post.mask, g=None).z  # [1, C, T_y]
+    path = model.align(z_p, enc.m_p, enc.logs_p, enc.mask, post.mask)  # [1, T_x, T_y]
+    return path.sum(dim=2)[0].long()
+
+
+def _textgrid_for(textgrids: Any, utt: DonorUtterance, index: int) -> Path:
+    if isinstance(textgrids, Mapping):
+        return Path(textgrids[utt.id])
+    if isinstance(textgrids, (str, Path)):
+        return Path(textgrids) / f"{utt.id}.TextGrid"
+    return Path(list(textgrids)[index])
+
+
+def _word_spans(utt: DonorUtterance, source: str, sample_rate: int, textgrids: Any, index: int,
+                language: str) -> list[WordSpan]:
+    if source == "forced":
+        from .forced import forced_align
+
+        return forced_align(utt.audio, sample_rate, utt.text, language=language)
+    from .textgrid import read_textgrid
+
+    return read_textgrid(_textgrid_for(textgrids, utt, index))
+
+
+def donor_durations(
+    model: Any,
+    data: Any,
+    source: str = "forced",
+    *,
+    textgrids: str | Path | Mapping[str, str | Path] | Sequence[str | Path] | None = None,
+    weights: str = "recipient",
+    min_frames: int = 1,
+    language: str = "en-us",
+) -> list[torch.Tensor | None]:
+    """Integer frames per model token for each donor utterance.
+
+    Contract: entry ``i`` belongs to utterance ``i`` of ``data`` (dataset order) and is a
+    ``LongTensor [T_text]`` aligned with that utterance's token ids (the dataset's
+    ``Sample.tokens``, or ``Tokenizer.encode(text)`` for plain items), every count
+    ``>= min_frames``, summing exactly to the utterance's spectrogram frame count
+    (``Sample.spec.shape[-1]``, i.e. :func:`vits_surgery.audio.num_frames` of the audio at
+    the model's rate). An utterance the aligner cannot align gives ``None`` (logged); a
+    consumer skips it.
+
+    Sources:
+
+    * ``"forced"``: speaker-independent forced alignment (pocketsphinx's English acoustic
+      model, :func:`~vits_surgery.durations.forced.forced_align`): word and phone segments,
+      pauses on separator tokens (:mod:`~vits_surgery.durations.tokens`). Right for a donor the
+      recipient never heard. English only.
+    * ``"textgrid"``: the same mapping from TextGrids the user already holds (e.g. Montreal
+      Forced Aligner output, :func:`~vits_surgery.durations.textgrid.read_textgrid`).
+    * ``"mas"``: monotonic alignment search through the recipient's own posterior encoder and
+      flow (the VITS training path). Exact for the recipient's own voice; misplaces
+      boundaries for a foreign voice.
+
+    Args:
+        model: the recipient :class:`~vits_surgery.VITS` (its config gives tokenizer, hop and
+            sample rate; its duration predictor gives ``weights``, its posterior the ``"mas"``
+            route).
+        data: a :class:`~vits_surgery.data.TextAudioDataset`, or a sequence of
+            :class:`~vits_surgery.data.Utterance` or ``(audio_path, text)`` pairs.
+        source: ``"forced"``, ``"textgrid"`` or ``"mas"``.
+        textgrids: for ``"textgrid"``: a folder holding ``<utterance id>.TextGrid``, a mapping
+            id -> file, or one file per utterance in order.
+        weights: how a word's or phone's time is shared among its tokens (phonemes, stress
+            marks, blanks): ``"recipient"`` in proportion to the recipient's own predicted
+            durations, ``"uniform"`` equally.
+        min_frames: the fewest frames any token gets.
+        language: espeak-ng voice that pronounces words missing from the aligner's dictionary.
+
+    Returns:
+        One ``LongTensor [T_text]`` (or ``None``) per utterance.
+
+    Raises:
+        ValueError: unknown ``source`` / ``weights``, or ``"textgrid"`` without ``textgrids``.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if weights not in ("recipient", "uniform"):
+        raise ValueError(f"weights must be 'recipient' or 'uniform', got {weights!r}")
+    if source == "textgrid" and textgrids is None:
+        raise ValueError("source='textgrid' needs textgrids= (a folder, a mapping or a list of files)")
+    from ..text import Tokenizer
+
+    tokenizer = Tokenizer.from_config(model.config)
+    cfg = model.config.audio
+    frame_seconds = cfg.hop_length / cfg.sample_rate
+    utterances = _from_dataset(data) if hasattr(data, "entries") and hasattr(data, "lengths") else _from_items(model, data)
+    was_training = model.training
+    model.eval()
+    out: list[torch.Tensor | None] = []
+    t0, failed = time.time(), 0
+    try:
+        for i, utt in enumerate(utterances):
+            if source == "mas":
+                out.append(mas_durations(model, utt))
+                continue
+            from .forced import AlignmentError
+
+            try:
+                spans = _word_spans(utt, source, cfg.sample_rate, textgrids, i, language)
+            except AlignmentError as err:
+                logger.warning("%s: %s; no durations for this utterance", utt.id, err)
+                out.append(None)
+                failed += 1
+                continue
+            w = recipient_weights(model, utt.tokens) if weights == "recipient" else None
+            out.append(token_durations(tokenizer, utt.tokens, spans, utt.n_frames, frame_seconds, w, min_frames))
+    finally:
+        model.train(was_training)
+    logger.info("donor durations (%s): %d utterances in %.1f s, %d not aligned", source, len(out),
+                time.time() - t0, failed)
+    return out
