@@ -2,7 +2,7 @@
 
 Runs only in an environment that has ``coqui-tts`` (0.28.0 was used); the library never imports it::
 
-    /work/coqui-venv/bin/python scripts/make_coqui_fixtures.py --out tests/fixtures/coqui
+    COQUI_VENV/bin/python scripts/make_coqui_fixtures.py --out tests/fixtures/coqui
 
 For every spec in ``SPECS`` it builds a small Coqui ``Vits`` model, fills every parameter with seeded
 random values, and writes ``<out>/<name>/``:

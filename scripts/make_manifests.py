@@ -7,7 +7,7 @@ converter tests turn into real checkpoint files.
 
 Usage::
 
-    python scripts/make_manifests.py [--formats /work/shared/reference/formats.md] [--out tests/fixtures/manifests]
+    python scripts/make_manifests.py --formats PATH/formats.md [--out tests/fixtures/manifests]
 
 Each manifest is ``{"source": ..., "note": ..., "keys": {key: [shape...]}}``, keys in the
 listing's order. Where an appendix states its tensor count (and element count), it is checked.
@@ -21,7 +21,6 @@ import math
 import re
 from pathlib import Path
 
-DEFAULT_FORMATS = Path("/work/shared/reference/formats.md")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "manifests"
 
 #: appendix id -> (output file, note, number of keys listed)
@@ -120,7 +119,7 @@ def build(formats: Path, out: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--formats", type=Path, default=DEFAULT_FORMATS, help="path of formats.md")
+    parser.add_argument("--formats", type=Path, required=True, help="path of formats.md (the format reference)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="manifest folder")
     args = parser.parse_args()
     for name, n in build(args.formats, args.out).items():

@@ -2,8 +2,8 @@
 
 Two parts, each run in the environment that has the reference package:
 
-    # Coqui TTS 0.28 (the /work/coqui-venv environment): coqui_tokens.json
-    /work/coqui-venv/bin/python scripts/make_text_fixtures.py coqui
+    # Coqui TTS 0.28 (a virtual environment with coqui-tts installed): coqui_tokens.json
+    COQUI_VENV/bin/python scripts/make_text_fixtures.py coqui
 
     # Piper 1.8 (a throw-away venv with `pip install piper-tts`): piper_joe.json
     /tmp/piper-venv/bin/python scripts/make_text_fixtures.py piper \\
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "text"
-LJSPEECH = Path("/work/shared/data/ljspeech_sentences.txt")
+LJSPEECH = Path(os.environ.get("VITS_SURGERY_SENTENCES", "bench_data/ljspeech_sentences.txt"))
 LJSPEECH_LINES = (1, 33, 58, 121, 459, 683, 996, 1042, 1103)
 """1-based lines: abbreviations (Dr. Drs. Mr. Mrs.), quotes, parentheses, colon, hyphen, umlaut."""
 EXTRA = (

@@ -1,7 +1,7 @@
 """Donors the diagnosis must refuse, built from the transplant corpora (run build_donors.py first).
 
 Usage:
-    python benchmarks/transplant/build_bad_donors.py [--out /work/bench_data/diag_donors]
+    python benchmarks/transplant/build_bad_donors.py [--out bench_data/diag_donors]
 
 - ``D_de``: espeak-ng German reading 30 German sentences at three speeds (a different language).
 - ``D_8k``: D_tim's training utterances stored at 8 kHz (a sample rate far below the voice's).

@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/transplant/diagnose_donors.py [--donors D_cad,D_tim,D] [--threads 1]
-        [--out /work/bench_data/diag_out] [--table]
+        [--out bench_data/diag_out] [--table]
 
 Each donor gets ``<out>/<donor>/diagnosis.json`` and ``diagnosis.html``; ``--table`` only reads
 those files and prints the markdown table of docs/benchmarks.md ("Donor diagnosis"). The
