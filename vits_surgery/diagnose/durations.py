@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..batch import Batch
+from ..durations.mas import posterior_durations
 
 __all__ = ["DurationSource", "PHONE_CLASSES", "mas_durations", "phone_class", "token_classes", "class_frames"]
 
@@ -69,19 +70,14 @@ def mas_durations(model: torch.nn.Module, batch: Batch) -> list[torch.Tensor]:
         batch: the utterances.
 
     Returns:
-        One ``[T_x]`` float tensor per utterance (frames per token, summing to its frames).
+        One ``[T_x]`` long tensor per utterance (frames per token, summing to its frames).
     """
     was = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
         b = batch.to(device)
-        g = model.speaker_vector(b.speakers)
-        enc = model.encode_text(b.tokens, b.token_lengths)
-        post = model.encode_audio(b.spec, b.spec_lengths, g, generator=torch.Generator(device).manual_seed(0))
-        z_p = model.flow(post.m_q * post.mask, post.mask, g=g).z  # the mean, not a sample: [B, C, T_y]
-        path = model.align(z_p, enc.m_p, enc.logs_p, enc.mask, post.mask)  # [B, T_x, T_y]
-        frames = path.sum(dim=2).cpu()  # [B, T_x]
+        frames = posterior_durations(model, b, g=model.speaker_vector(b.speakers)).cpu()  # the mean: [B, T_x]
     finally:
         model.train(was)
     return [frames[i, : int(n)] for i, n in enumerate(batch.token_lengths)]

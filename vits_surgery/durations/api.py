@@ -70,17 +70,17 @@ def recipient_weights(model: Any, tokens: Sequence[int]) -> torch.Tensor:
 def mas_durations(model: Any, utt: DonorUtterance) -> torch.Tensor:
     """MAS through the model's own posterior encoder (mean) and flow: [T] long frames."""
     from ..audio import spectrogram
+    from ..batch import Batch
+    from .mas import posterior_durations
 
     spec = utt.spec
     if spec is None:
         spec = spectrogram(torch.from_numpy(utt.audio).unsqueeze(0), model.config.audio)[0]
-    x = torch.tensor([utt.tokens], dtype=torch.long)
-    enc = model.encode_text(x, torch.tensor([x.shape[1]]))
-    post = model.encode_audio(spec.unsqueeze(0), torch.tensor([spec.shape[-1]]), None,
-                              noise=torch.zeros(1, model.config.inter_channels, spec.shape[-1]))
-    z_p = model.flow(post.z, post.mask, g=None).z  # [1, C, T_y]
-    path = model.align(z_p, enc.m_p, enc.logs_p, enc.mask, post.mask)  # [1, T_x, T_y]
-    return path.sum(dim=2)[0].long()
+    wav = torch.from_numpy(utt.audio).view(1, 1, -1)
+    one = Batch(tokens=torch.tensor([utt.tokens], dtype=torch.long), token_lengths=torch.tensor([len(utt.tokens)]),
+                spec=spec.unsqueeze(0), spec_lengths=torch.tensor([spec.shape[-1]]),
+                wav=wav, wav_lengths=torch.tensor([wav.shape[-1]]))
+    return posterior_durations(model, one)[0]
 
 
 def _textgrid_for(textgrids: Any, utt: DonorUtterance, index: int) -> Path:

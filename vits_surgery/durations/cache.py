@@ -51,6 +51,7 @@ from ..batch import Batch
 from ..models.commons import length_mask
 from ..models.text_encoder import TextEncoderOutput
 from ..models.vits import VITS
+from .mas import posterior_durations
 
 __all__ = [
     "CACHE_VERSION",
@@ -136,20 +137,14 @@ class MASDurations:
     @torch.no_grad()
     def __call__(self, model: VITS, inputs: SourceInputs) -> torch.Tensor:
         """[B, T_x] frames per token: posterior encoder, flow, MAS on the prior likelihood."""
-        batch, text, g = inputs.batch, inputs.text, inputs.g
-        m_q_shape = (len(batch), model.config.inter_channels, batch.spec.shape[-1])
-        noise = torch.zeros(m_q_shape)  # [B, C, T_y]
+        batch = inputs.batch
+        noise = torch.zeros(len(batch), model.config.inter_channels, batch.spec.shape[-1])  # [B, C, T_y]
         if self.noise_scale:
             for i, seed in enumerate(inputs.seeds):
                 n = int(batch.spec_lengths[i])
-                draw = torch.randn((m_q_shape[1], n), generator=torch.Generator().manual_seed(seed))
+                draw = torch.randn((noise.shape[1], n), generator=torch.Generator().manual_seed(seed))
                 noise[i, :, :n] = self.noise_scale * draw
-        noise = noise.to(device=batch.spec.device, dtype=batch.spec.dtype)
-        z, _, _, y_mask = model.encode_audio(batch.spec, batch.spec_lengths, g, noise)
-        g32 = g.float() if g is not None else None
-        z_p = model.flow(z.float(), y_mask.float(), g=g32).z  # [B, C, T_y]
-        path = model.align(z_p, text.m_p.float(), text.logs_p.float(), text.mask.float(), y_mask.float())
-        return path.sum(dim=2).round().long()  # [B, T_x]
+        return posterior_durations(model, batch, inputs.text, inputs.g, noise)  # [B, T_x]
 
 
 #: Duration sources by name (``resolve_source("mas")``).
