@@ -181,16 +181,16 @@ def test_alignment_loss_is_the_teacher_token_cross_entropy(temperature) -> None:
     assert float(got) == pytest.approx(total / n, rel=1e-5)
 
 
-def _count_calls(monkeypatch, name: str) -> list[int]:
-    """Wrap ``regrow_fit.<name>`` so each call appends to the returned list."""
+def _count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Wrap ``module.<name>`` so each call appends to the returned list."""
     calls: list[int] = []
-    real = getattr(regrow_fit, name)
+    real = getattr(module, name)
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(regrow_fit, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return calls
 
 
@@ -201,7 +201,7 @@ def _regrow_posterior_briefly(model: VITS | None = None, **changes):
 
 
 def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
-    calls = _count_calls(monkeypatch, "alignment_loss")
+    calls = _count_calls(monkeypatch, regrow_fit, "alignment_loss")
     report = _regrow_posterior_briefly(align_weight=0.5)
     assert len(calls) == 3 and report.steps["posterior_encoder"] == 3
     assert all(math.isfinite(v) for v in report.curves["posterior_encoder"])
@@ -210,7 +210,7 @@ def test_align_weight_reaches_the_posterior_fit(monkeypatch) -> None:
 def test_align_steps_add_a_final_alignment_phase(monkeypatch) -> None:
     """align_steps > 0: the main fit runs without the alignment loss, then a second optimizer
     run of align_steps steps at align_lr_factor times the learning rate adds it."""
-    calls = _count_calls(monkeypatch, "alignment_loss")
+    calls = _count_calls(monkeypatch, regrow_fit, "alignment_loss")
     runs: list[tuple[str, int, float]] = []
     real_run = regrow_fit._run_steps
 

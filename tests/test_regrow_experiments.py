@@ -17,25 +17,13 @@ from vits_surgery.regrowth import fit as regrow_fit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import regrow_terms  # noqa: E402
-from test_regrow import TEXTS, _voice  # noqa: E402
+from test_regrow import TEXTS, _count_calls, _voice  # noqa: E402
 
 
 def _brief(model=None, **changes):
     """Three posterior-encoder steps on a tiny voice, no cache."""
     opts = RegrowOptions(n_utterances=6, n_heldout=2, steps=3, batch_size=2, crop_frames=16, progress=False, **changes)
     return regrow(_voice() if model is None else model, ["posterior_encoder"], opts, texts=TEXTS, use_cache=False)
-
-
-def _count_calls(monkeypatch, module, name: str) -> list[int]:
-    calls: list[int] = []
-    real = getattr(module, name)
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, spy)
-    return calls
 
 
 @pytest.mark.parametrize("kl_weight, expected_calls", [(0.0, 0), (0.5, 3)])
