@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     dump_json(samples / "durations.json", durations)
     result = {
         "plan": "cadence", "donor": args.donor, "baseline": "length_scale", "length_scale": scale,
-        "steps": 0, "lr": 0.0, "batch_size": 0, "wall_seconds": time.time() - t0, "model": str(recipient),
+        "steps": 0, "lr": 0.0, "batch_size": 0, "wall_seconds": time.time() - t0, "seconds_per_step": 0.0,
+        "device": "cpu", "threads": 1, "trainable_parameters": 0, "model": str(recipient),
     }
     dump_json(run_dir / "result.json", result)
     logger.info("length_scale %.4f: %d test sentences in %s", scale, len(durations), samples)
