@@ -247,6 +247,7 @@ _EXAMPLES = {
     "regrow": "vits-surgery regrow --voice joe --out joe_regrown/\n"
     "  vits-surgery regrow --voice joe --organs posterior_encoder duration_posterior --out joe_cadence_ready/",
     "transplant": "vits-surgery transplant --voice joe_regrown/ --plan cadence --donor donor/ --steps 2000\n"
+    "  vits-surgery transplant --voice joe_regrown/ --plan cadence --donor other_voice/ --duration-source forced\n"
     "  vits-surgery transplant --voice model.pth --train decoder flow --donor donor/ --lr 1e-4 --resume",
     "diagnose": "vits-surgery diagnose --donor donor/ --out diagnosis/\n"
     "  vits-surgery diagnose --voice joe_regrown/ --donor donor/ --utterances 40",
