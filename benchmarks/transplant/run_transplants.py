@@ -4,7 +4,7 @@ Usage:
     python benchmarks/transplant/run_transplants.py [--data bench_data/transplant]
         [--runs cadence:D_cad,cadence:D,timbre:D_tim,timbre:D]
         [--cadence-steps 400 --cadence-lr 1e-3] [--timbre-steps 2000 --timbre-lr 2e-4]
-        [--batch-size 8] [--device cpu] [--threads 2]
+        [--batch-size 8] [--duration-source forced|mas] [--device cpu] [--threads 2]
 
 1. The recipient: the Piper joe voice, imported, with the organs its inference graph lacks
    (posterior encoder, SDP posterior flows, discriminator) regrown by
@@ -266,6 +266,12 @@ def make_trainer(
     trainer = SurgicalTrainer(
         model, plan, train_data=loader, out_dir=run_dir, config=config, callbacks=callbacks
     )
+    if plan_name == "cadence" and args.duration_source is not None:
+        from vits_surgery.durations.step import CadenceStep
+
+        if trainer.cadence is None:
+            raise SystemExit(f"--duration-source {args.duration_source}: this plan takes the full path (MAS)")
+        trainer.cadence = CadenceStep.for_trainer(trainer, source=args.duration_source)
     return trainer, probe
 
 
@@ -303,6 +309,7 @@ def run_one(root: Path, plan_name: str, donor: str, steps: int, lr: float, args:
         "stopped_early": stopped,
         "disc_warmup": warmup,
         "trainable_parameters": trainer.resolved.num_trainable(),
+        "cadence": trainer.cadence.describe() if getattr(trainer, "cadence", None) is not None else None,
         "last_logs": logs,
         "probe": probe.history if probe else [],
         "metrics": _metrics(run_dir),
@@ -417,6 +424,12 @@ def main(argv: list[str] | None = None) -> None:
         help="decay each run's lr exponentially to this fraction of it by its last step (1 = constant)",
     )
     ap.add_argument("--tag", default="", help="suffix of the run folder names")
+    ap.add_argument(
+        "--duration-source",
+        choices=["forced", "mas"],
+        default=None,
+        help="cadence runs: the donor durations' source (default: the library's, MAS)",
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument(
         "--probe-every",

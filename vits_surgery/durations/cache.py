@@ -16,7 +16,9 @@ across a change of weights, audio or source.
 ``settings()`` and ``__call__(model, inputs) -> [B, T_x]`` integer frames per token
 (:class:`DurationSource`). ``"mas"`` (:class:`MASDurations`) is the training path's own route:
 the frozen posterior encoder and flow read the spectrogram, and monotonic alignment search on
-the prior's likelihood gives the path. Register other sources in :data:`SOURCES`.
+the prior's likelihood gives the path. ``"forced"`` (:class:`ForcedDurations`) aligns the
+donor's audio with its transcript by a speaker-independent aligner instead (pocketsphinx), for a
+donor whose voice the recipient never heard. Register other sources in :data:`SOURCES`.
 
 **Posterior noise.** The training path draws a fresh posterior sample ``z`` at every step, so
 MAS sees a different draw each time. The cache takes one draw per utterance (noise scale 1,
@@ -40,7 +42,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -60,6 +62,7 @@ __all__ = [
     "CachedUtterance",
     "DurationCache",
     "DurationSource",
+    "ForcedDurations",
     "MASDurations",
     "SourceInputs",
     "cache_root",
@@ -147,8 +150,117 @@ class MASDurations:
         return posterior_durations(model, batch, inputs.text, inputs.g, noise)  # [B, T_x]
 
 
+@dataclass
+class ForcedDurations:
+    """Durations by speaker-independent forced alignment of the donor's own audio.
+
+    Each utterance's waveform (``batch.wav`` at the model's rate) is aligned with its transcript
+    (``batch.texts``) by :func:`~vits_surgery.durations.forced.forced_align` (pocketsphinx's
+    English acoustic model, never trained on the recipient), and the word, pause and phone
+    segments are mapped onto the utterance's token ids by
+    :func:`~vits_surgery.durations.tokens.token_durations`: integer frames per token summing
+    exactly to the utterance's spectrogram frames. Right for a donor the recipient never heard,
+    where MAS through the recipient's own posterior misplaces the boundaries. English only.
+
+    Inside one aligned phone (its blank, stress mark and the phone itself), the time is shared
+    **equally**, not by the recipient's predicted durations as :func:`donor_durations` does by
+    default: the duration predictor is the organ a cadence plan trains, so durations weighted by
+    it would depend on weights that exist only before the first step. A resumed run could not
+    rebuild them (its predictor has moved), would miss the cache and compute other targets; with
+    equal shares the entries depend on the audio, the transcript, the tokens and these settings
+    only, and a resumed run reads back exactly the targets of the first.
+
+    An utterance the aligner cannot align (or that has no transcript) falls back to MAS
+    (:class:`MASDurations`, ``mas_noise_scale``) for that utterance alone, with a warning;
+    :attr:`fallbacks` counts them. The fallback reads the speaker embedding, posterior encoder
+    and flow, so their weights are part of the key (they are frozen in a cadence plan).
+
+    Args:
+        language: espeak-ng voice that pronounces words missing from the aligner's dictionary.
+        min_frames: the fewest frames a token gets.
+        mas_noise_scale: posterior noise of the MAS fallback.
+
+    Attributes:
+        fallbacks: utterances that fell back to MAS (over this object's lifetime).
+        aligned: utterances aligned by the forced aligner.
+    """
+
+    language: str = "en-us"
+    min_frames: int = 1
+    mas_noise_scale: float = 1.0
+    fallbacks: int = field(default=0, compare=False)
+    aligned: int = field(default=0, compare=False)
+    name: ClassVar[str] = "forced"
+    reads: ClassVar[tuple[str, ...]] = ("speaker_embedding", "posterior_encoder", "flow")
+
+    def settings(self) -> dict[str, Any]:
+        """Aligner, its passes and version, the share inside a phone, the fallback."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from .forced import PASSES, TRIM_MARGINS
+
+        try:
+            aligner = f"pocketsphinx {version('pocketsphinx')}"
+        except PackageNotFoundError:  # pragma: no cover - the alignment itself will say so
+            aligner = "pocketsphinx (not installed)"
+        return {
+            "aligner": aligner, "passes": [repr(p) for p in PASSES], "trim_margins": list(TRIM_MARGINS),
+            "language": self.language, "weights": "uniform", "min_frames": int(self.min_frames),
+            "fallback": "mas", "mas_noise_scale": float(self.mas_noise_scale),
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Aligned and fallen-back utterance counts (for the run log)."""
+        return {"aligned": self.aligned, "fallbacks": self.fallbacks}
+
+    def _one(self, model: VITS, batch: Batch, i: int) -> torch.Tensor:
+        """[n] frames per token of item ``i`` by forced alignment (raises when it cannot)."""
+        from ..text import Tokenizer
+        from .forced import forced_align
+        from .tokens import token_durations
+
+        if not batch.texts or not batch.texts[i].strip():
+            raise ValueError("the batch carries no transcript for it")
+        audio = model.config.audio
+        n, frames = int(batch.token_lengths[i]), int(batch.spec_lengths[i])
+        wav = batch.wav[i].reshape(-1)[: int(batch.wav_lengths[i])].detach().float().cpu().numpy()
+        spans = forced_align(wav, audio.sample_rate, batch.texts[i], language=self.language)
+        tokenizer = Tokenizer.from_config(model.config)
+        ids = batch.tokens[i, :n].tolist()
+        d = token_durations(tokenizer, ids, spans, frames, audio.hop_length / audio.sample_rate, None, self.min_frames)
+        if int(d.sum()) != frames or d.shape[0] != n or bool((d < 0).any()):
+            raise ValueError(f"the mapping gave {int(d.sum())} frames over {d.shape[0]} tokens, expected {frames} over {n}")
+        return d
+
+    @torch.no_grad()
+    def __call__(self, model: VITS, inputs: SourceInputs) -> torch.Tensor:
+        """[B, T_x] frames per token: forced alignment, MAS for the utterances it cannot align."""
+        batch = inputs.batch
+        out = torch.zeros(len(batch), batch.tokens.shape[1], dtype=torch.long)
+        failed = []
+        for i in range(len(batch)):
+            try:
+                out[i, : int(batch.token_lengths[i])] = self._one(model, batch, i)
+                self.aligned += 1
+            except Exception as err:  # noqa: BLE001 - any failure of the aligner or the mapping falls back
+                uid = batch.ids[i] if batch.ids else f"item {i}"
+                logger.warning("forced durations: %s not aligned (%s); MAS durations for it", uid, err)
+                failed.append(i)
+        if failed:
+            self.fallbacks += len(failed)
+            sub = _select(batch, failed)
+            fallback = MASDurations(self.mas_noise_scale)(model, SourceInputs(
+                sub, model.encode_text(sub.tokens, sub.token_lengths), model.speaker_vector(sub.speakers),
+                [inputs.seeds[i] for i in failed],
+            ))  # [b, T_x']
+            for j, i in enumerate(failed):
+                n = int(batch.token_lengths[i])
+                out[i, :n] = fallback[j, :n].cpu()
+        return out.to(batch.tokens.device)
+
+
 #: Duration sources by name (``resolve_source("mas")``).
-SOURCES: dict[str, type] = {"mas": MASDurations}
+SOURCES: dict[str, type] = {"mas": MASDurations, "forced": ForcedDurations}
 
 
 def resolve_source(source: str | DurationSource) -> DurationSource:

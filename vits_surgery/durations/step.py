@@ -15,6 +15,9 @@ To choose another duration source or cache folder, replace it before ``fit``::
 
     trainer.cadence = CadenceStep(trainer, source=my_aligner, cache_dir="cache/cadence")
 
+or, by name, ``trainer.cadence = CadenceStep.for_trainer(trainer, source="forced")`` (None when
+the plan needs the full path).
+
 and ``trainer.cadence = None`` forces the full path. The SDP's posterior noise is drawn from
 the trainer's generator (or taken from ``TrainNoise.duration``) as in the full step, so on the
 same durations and noise both steps give the same gradients.
@@ -177,10 +180,14 @@ class CadenceStep:
 
     def describe(self) -> dict[str, Any]:
         """For the run log: path, duration source, its settings, the precompute figures."""
-        return {
+        out = {
             "path": "cached", "source": self.source_name, "source_settings": self.cache.source.settings(),
             "cache_dir": str(self.cache.root), **self.prepared,
         }
+        stats = getattr(self.cache.source, "stats", None)
+        if callable(stats):  # e.g. the forced source's aligned / fallen-back counts
+            out["source_stats"] = stats()
+        return out
 
 
 def describe_cadence(trainer: Any) -> dict[str, Any] | None:
