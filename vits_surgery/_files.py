@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["atomic_write", "atomic_write_text", "fsync_dir"]
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], durable: bool = True) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[Any], None], durable: bool = True, *, by_path: bool = False
+) -> Path:
     """Write a file atomically: ``write(f)`` into a temp file beside it, then rename it into place.
 
     A reader sees the old file or the whole new one, never a part; the temp file is removed
@@ -19,7 +21,8 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], d
 
     Args:
         path: destination.
-        write: called with the open binary temp file.
+        write: called with the open binary temp file, or with the temp file's path (a str)
+            when ``by_path`` (for writers that only take a file name, e.g. an ONNX export).
         durable: fsync the file and its folder, so the new file survives a power cut (checkpoints);
             False for caches that can be recomputed.
 
@@ -30,11 +33,17 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        if by_path:
+            write(str(tmp))
             if durable:
-                f.flush()
-                os.fsync(f.fileno())
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+        else:
+            with open(tmp, "wb") as f:
+                write(f)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -23,14 +23,13 @@ import copy
 import datetime
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._files import atomic_write, atomic_write_text
 from .coqui_config import (
     COQUI_CLEANERS,
     config_from_coqui,
@@ -315,21 +314,9 @@ def export_coqui(
             "step": int(step), "epoch": int(epoch), "date": datetime.date.today().strftime("%B %d, %Y")}
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
     if config_path is not None:
-        _atomic_write(Path(config_path), (json.dumps(cfg, indent=4, ensure_ascii=False) + "\n").encode("utf-8"))
+        atomic_write_text(Path(config_path), json.dumps(cfg, indent=4, ensure_ascii=False) + "\n")
     return path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._files import atomic_write, atomic_write_text
 from .onnx_layout import OnnxExportError, to_piper_layout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -333,20 +333,6 @@ def _example_inputs(model: VITS, tokens: int = 8) -> tuple[torch.Tensor, ...]:
     return args
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _version() -> str:
     from .. import __version__
 
@@ -421,10 +407,8 @@ def export_onnx(
         onnx.save(proto, tmp)
         logger.info("exported %s: %d nodes, %d named initializers", path, len(proto.graph.node), renamed)
 
-    _atomic_write(path, write)
+    atomic_write(path, write, by_path=True)
     if voice is not None:
         text = json.dumps(voice, ensure_ascii=False, indent=2) + "\n"
-        _atomic_write(
-            path.with_name(path.name + ".json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
-        )
+        atomic_write_text(path.with_name(path.name + ".json"), text)
     return path
