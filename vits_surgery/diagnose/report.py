@@ -7,12 +7,13 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..report import _CSS, _esc, _table
 
-if TYPE_CHECKING:
-    from .run import Diagnosis
+#: A :class:`~vits_surgery.diagnose.run.Diagnosis` (the renderers only read its fields; run.py
+#: imports this module, so the type is named here, not imported).
+Diagnosis = Any
 
 __all__ = ["summary_text", "write_report", "html_page"]
 
