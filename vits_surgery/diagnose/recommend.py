@@ -135,8 +135,9 @@ def recommend(
     why = _why(kind, profile, dp / te if _finite(dp, te) and te > 0 else math.nan, dec, flow, cad_how, tim_how)
     notes = []
     if cadence and timbre:
-        notes.append("train the timbre organs first (with the posterior encoder) so the alignment fits the donor, "
-                     "then the duration predictor: the voice's own posterior aligns a foreign voice poorly")
+        notes.append("for the duration predictor take the donor's durations from forced alignment "
+                     "(--duration-source forced, CadenceStep(trainer, source='forced')): the voice's own "
+                     "posterior encoder aligns another person's speech poorly")
     return Recommendation(organs, kind, why, evidence, notes)
 
 
