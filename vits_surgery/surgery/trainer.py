@@ -305,6 +305,7 @@ class SurgicalTrainer:
         if not self.step_plan.train_discriminator:
             names = [n for n in names if n != "discriminator"]
         logs: dict[str, float] = {}
+        # a list, not a generator: every rank must all-reduce every network, so any() may not short-circuit
         bad = any([runtime.all_reduce_gradients(self._params_of(n), self._bad[n], self.world_size) for n in names])
         overflow = False
         if not bad:
