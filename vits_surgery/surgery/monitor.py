@@ -30,9 +30,10 @@ the recipient it started as, relative to a baseline measured when ``fit`` starts
 
 A metric *violates* its tolerance when it moves the wrong way by more than the tolerance:
 ``recipient/mel`` by a relative rise (value > baseline * (1 + tol)), the artifact indicators
-and ``intelligibility/wer`` by an absolute rise (value > baseline + tol), ``speaker/similarity`` by an absolute drop
-(value < baseline - tol); a non-finite value always violates. Defaults are
-:data:`DEFAULT_TOLERANCES`; a tolerance of None records the metric without checking it.
+and ``intelligibility/wer`` by an absolute rise (value > baseline + tol),
+``speaker/similarity`` by an absolute drop (value < baseline - tol); a non-finite value always
+violates. Defaults are :data:`DEFAULT_TOLERANCES`; a tolerance of None records the metric
+without checking it.
 
 Each violation is logged as a warning and kept in :attr:`RejectionMonitor.history`. After
 ``patience`` consecutive evaluations with a violation the monitor calls
