@@ -223,3 +223,146 @@ def test_bad_settings_are_refused(data):
         RejectionMonitor([])
     with pytest.raises(ValueError, match="every and patience"):
         RejectionMonitor(data["recipient"], every=0)
+
+
+# ----------------------------------------------------------------------------- intelligibility
+TEXTS = ["one two three four five six seven eight nine ten", "the cat sat on a mat in the warm sun"]
+
+
+def _fake_recognizer(monkeypatch, errors_at):
+    """Recognize ``TEXTS`` in turn, with the first ``errors_at(i)`` words of sentence ``i`` wrong.
+
+    The step is read from the trainer that ``errors_at`` closes over; pocketsphinx is not needed.
+    """
+    pytest.importorskip("jiwer", reason="WER needs the eval extra (jiwer)")
+    from vits_surgery.evaluate import asr
+    from vits_surgery.surgery import monitor as monitor_module
+
+    calls = []
+
+    def transcribe(wav, sample_rate=None):
+        assert isinstance(wav, np.ndarray) and wav.ndim == 1 and np.isfinite(wav).all()
+        i = len(calls) % len(TEXTS)
+        words = TEXTS[i].split()
+        calls.append(sample_rate)
+        wrong = errors_at(i)
+        return " ".join(["wrong"] * wrong + words[wrong:])
+
+    monkeypatch.setattr(asr, "transcribe", transcribe)
+    monkeypatch.setattr(monitor_module, "_recognizer_error", lambda: None)
+    return calls
+
+
+def _wer_monitor(data, **kwargs):
+    kwargs.setdefault("sentences", TEXTS)
+    kwargs.setdefault("max_seconds", 1.0)
+    kwargs.setdefault("donor_batches", data["donor"])
+    return _monitor(data, **kwargs)
+
+
+def test_rising_wer_warns_stops_and_keeps_the_last_good_voice(data, tmp_path, monkeypatch, caplog):
+    holder = {}
+    calls = _fake_recognizer(monkeypatch, lambda i: 0 if holder["trainer"].step <= 4 else 3)
+    monitor = _wer_monitor(data, every=2, patience=2)
+    states = _States()
+    trainer = holder["trainer"] = _decoder_run(
+        data, tmp_path, 2e-4, [monitor, states], train=("decoder", "text_encoder")
+    )
+    with caplog.at_level(logging.INFO, logger="vits_surgery.surgery.monitor"):
+        trainer.fit(20)
+    # evaluations at 0, 2, 4 recognize every word; 6 and 8 miss 3 words of each sentence
+    assert [r.step for r in monitor.history] == [0, 2, 4, 6, 8] and trainer.step == 8
+    assert len(calls) == 2 * 5 and set(calls) == {trainer.model.config.audio.sample_rate}
+    wer = [r.metrics["intelligibility/wer"] for r in monitor.history]
+    assert wer[:3] == [0.0, 0.0, 0.0] and wer[3:] == [pytest.approx(6 / 20)] * 2
+    assert [r.passed for r in monitor.history] == [True, True, True, False, False]
+    assert all(
+        r.violations == [v for v in r.violations if v.startswith("intelligibility/wer")]
+        for r in monitor.history
+    )
+    assert [r.consecutive for r in monitor.history[3:]] == [1, 2]
+    assert "intelligibility/wer 0.3 > 0.05 (baseline 0 + 0.05)" in monitor.history[3].violations[0]
+    assert "recipient drift beyond tolerance" in caplog.text and "intelligibility/wer 0.3" in caplog.text
+    assert "rejection monitor" in trainer.stop_reason and "intelligibility/wer" in trainer.stop_reason
+    # the best checkpoint is a passing evaluation from before the degradation
+    passing = [r for r in monitor.history if r.passed]
+    assert monitor.best_step == min(passing, key=lambda r: r.donor_loss).step
+    assert monitor.best_step in (2, 4) and not any(r.best for r in monitor.history[3:])
+    assert monitor.best_path == tmp_path / "best"
+    tensors, _, _ = read_native(tmp_path / "best")
+    assert all(torch.equal(tensors[k], v) for k, v in states.states[monitor.best_step].items())
+    assert f"best checkpoint: step {monitor.best_step} in {tmp_path / 'best'}" in caplog.text
+    assert "took" in caplog.text and monitor.intelligibility_seconds >= 0
+    # and it comes back with one call
+    assert monitor.restore_best(trainer) == tmp_path / "best"
+    assert trainer.step == monitor.best_step
+    restored = trainer.model.state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in states.states[monitor.best_step].items())
+
+
+def test_wer_within_tolerance_is_no_violation(data, tmp_path, monkeypatch, caplog):
+    holder = {}
+    # one wrong word of 20 after step 2: WER 0.05, exactly the tolerance
+    _fake_recognizer(monkeypatch, lambda i: int(holder["trainer"].step > 2 and i == 0))
+    monitor = _wer_monitor(data, every=2, patience=1)
+    trainer = holder["trainer"] = _decoder_run(data, tmp_path, 2e-4, [monitor])
+    with caplog.at_level(logging.INFO, logger="vits_surgery.surgery.monitor"):
+        trainer.fit(6)
+    assert trainer.step == 6 and trainer.stop_reason is None
+    wer = [r.metrics["intelligibility/wer"] for r in monitor.history]
+    assert wer == [0.0, 0.0, pytest.approx(0.05), pytest.approx(0.05)]
+    assert all(r.passed for r in monitor.history), [r.violations for r in monitor.history]
+    assert caplog.text.count("intelligibility check (2 sentences) took") == 1
+
+
+def test_token_id_sentences_skip_the_wer_with_one_note(data, tmp_path, monkeypatch, caplog):
+    calls = _fake_recognizer(monkeypatch, lambda i: 0)
+    monitor = _monitor(data, every=1, save_best=False, max_seconds=1.0)  # the batches' token ids
+    with caplog.at_level(logging.INFO, logger="vits_surgery.surgery.monitor"):
+        _decoder_run(data, tmp_path, 2e-4, [monitor]).fit(2)
+    assert caplog.text.count("intelligibility/wer skipped") == 1 and "token ids" in caplog.text
+    assert calls == [] and all("intelligibility/wer" not in r.metrics for r in monitor.history)
+    assert len(monitor.history) == 3 and monitor.intelligibility_seconds is None
+
+
+def test_missing_recognizer_is_a_note_or_an_error(data, tmp_path, monkeypatch, caplog):
+    from vits_surgery.surgery import monitor as monitor_module
+
+    missing = ImportError("the monitor's intelligibility/wer needs the optional package 'pocketsphinx'")
+    monkeypatch.setattr(monitor_module, "_recognizer_error", lambda: missing)
+    monitor = _monitor(data, every=1, sentences=TEXTS, save_best=False, max_seconds=1.0)
+    with caplog.at_level(logging.INFO, logger="vits_surgery.surgery.monitor"):
+        _decoder_run(data, tmp_path, 2e-4, [monitor]).fit(1)
+    assert "intelligibility/wer skipped" in caplog.text and "pocketsphinx" in caplog.text
+    assert all("intelligibility/wer" not in r.metrics for r in monitor.history)
+    with pytest.raises(ImportError, match="pocketsphinx"):
+        _monitor(data, sentences=TEXTS, intelligibility=True)
+    off = _monitor(data, sentences=TEXTS, intelligibility=False, every=1, save_best=False, max_seconds=1.0)
+    _decoder_run(data, tmp_path / "off", 2e-4, [off]).fit(1)
+    assert all("intelligibility/wer" not in r.metrics for r in off.history)
+
+
+def test_required_intelligibility_needs_texts(data):
+    with pytest.raises(ValueError, match="needs the sentences as texts"):
+        _monitor(data, intelligibility=True)
+    with pytest.raises(ValueError, match="token ids carry no words"):
+        _monitor(data, sentences=[[3, 10, 3], "a text"], intelligibility=True)
+
+
+def test_restore_best_without_a_saved_best_is_refused(data, tmp_path):
+    monitor = _monitor(data, every=2, save_best=False)
+    trainer = _decoder_run(data, tmp_path, 2e-4, [monitor])
+    trainer.fit(2)
+    assert monitor.best_step == 2 and monitor.best_path is None
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        monitor.restore_best(trainer)
+
+
+def test_real_recognizer_on_a_tiny_model(data, tmp_path):
+    pytest.importorskip("pocketsphinx", reason="WER needs the eval extra (pocketsphinx)")
+    pytest.importorskip("jiwer", reason="WER needs the eval extra (jiwer)")
+    monitor = _monitor(data, every=1, sentences=TEXTS, intelligibility=True, save_best=False, max_seconds=2.0)
+    _decoder_run(data, tmp_path, 2e-4, [monitor]).fit(1)
+    wer = [r.metrics["intelligibility/wer"] for r in monitor.history]
+    assert len(wer) == 2 and all(math.isfinite(w) and w >= 0 for w in wer)  # random weights: high, not NaN
+    assert monitor.intelligibility_seconds is not None and monitor.intelligibility_seconds > 0

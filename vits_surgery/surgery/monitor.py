@@ -19,18 +19,29 @@ the recipient it started as, relative to a baseline measured when ``fit`` starts
 - ``speaker/similarity`` (optional): mean cosine of the synthesized sentences' resemblyzer
   embeddings to the recipient (``speaker_reference`` utterances, or the baseline syntheses).
   It needs the ``eval`` extra; when that is missing the metric is skipped with a logged note.
+- ``intelligibility/wer``: word error rate of pocketsphinx's bundled US-English recognizer
+  (:func:`vits_surgery.evaluate.asr.transcribe`, audio resampled to 16 kHz) on the same
+  synthesized sentences against their texts, pooled over the sentences
+  (:func:`~vits_surgery.evaluate.asr.word_error_rate`). No extra synthesis: it recognizes the
+  audio the artifact indicators already measured. It needs ``sentences`` given as texts (token
+  ids carry no words to compare with) and the ``eval`` extra (pocketsphinx, jiwer); when either
+  is missing it is skipped with a logged note, unless ``intelligibility=True`` requires it.
+  The absolute WER of an untrained or foreign voice is high; the check is its rise.
 
 A metric *violates* its tolerance when it moves the wrong way by more than the tolerance:
 ``recipient/mel`` by a relative rise (value > baseline * (1 + tol)), the artifact indicators
-by an absolute rise (value > baseline + tol), ``speaker/similarity`` by an absolute drop
-(value < baseline - tol); a non-finite value always violates. Defaults are
-:data:`DEFAULT_TOLERANCES`; a tolerance of None records the metric without checking it.
+and ``intelligibility/wer`` by an absolute rise (value > baseline + tol),
+``speaker/similarity`` by an absolute drop (value < baseline - tol); a non-finite value always
+violates. Defaults are :data:`DEFAULT_TOLERANCES`; a tolerance of None records the metric
+without checking it.
 
 Each violation is logged as a warning and kept in :attr:`RejectionMonitor.history`. After
 ``patience`` consecutive evaluations with a violation the monitor calls
 :meth:`~vits_surgery.surgery.trainer.SurgicalTrainer.request_stop`. It also keeps the best
 checkpoint: among evaluations that pass every tolerance (the baseline included), the one with
-the lowest donor loss is saved with the trainer's ``save_checkpoint`` to ``out_dir/best``.
+the lowest donor loss is saved with the trainer's ``save_checkpoint`` to ``out_dir/best``, so a
+run whose voice degrades keeps the last good one; :meth:`RejectionMonitor.restore_best` loads it
+back into the trainer after ``fit`` (the last log line of ``fit`` names its step and folder).
 The donor loss is the trainer's weighted generator loss on ``donor_batches`` (eval mode,
 fixed noise) when they are given, else the mean training loss since the previous evaluation
 (the baseline then has none and is never the best).
@@ -44,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,6 +94,7 @@ DEFAULT_TOLERANCES: dict[str, float | None] = {
     "artifact/flatness": 0.1,  # absolute rise of the mean spectral flatness
     "artifact/hf_energy": 0.1,  # absolute rise of the high-frequency energy fraction
     "speaker/similarity": 0.1,  # absolute drop of the cosine to the recipient
+    "intelligibility/wer": 0.05,  # absolute rise of the word error rate (5 points)
 }
 _RELATIVE = ("recipient/mel",)
 _HIGHER_IS_BETTER = ("speaker/similarity",)
@@ -215,6 +228,10 @@ class RejectionMonitor(Callback):
             installed (otherwise skipped with a logged note).
         speaker_reference: recipient utterances (arrays at the model's sample rate) for the
             similarity; default: the baseline syntheses.
+        intelligibility: ``intelligibility/wer`` of the synthesized ``sentences`` against their
+            texts. True = required (a ValueError at construction when ``sentences`` are not
+            all texts, an ImportError when pocketsphinx or jiwer is missing), False = off,
+            None = when both are available (otherwise skipped with a logged note).
         out_dir: where ``best`` goes (default: the trainer's ``out_dir``).
         save_best: keep the best checkpoint in ``out_dir/best``.
         seed: sentence ``i`` is synthesized with a generator seeded ``seed + i``.
@@ -227,6 +244,9 @@ class RejectionMonitor(Callback):
         history: one :class:`MonitorRecord` per evaluation, the baseline first.
         baseline: the baseline metrics.
         best_step: the step saved as ``best`` (None before any).
+        best_path: the folder ``best`` is saved to (None before any or with ``save_best=False``).
+        intelligibility_seconds: seconds the intelligibility check took at the first evaluation
+            (None when it does not run).
     """
 
     def __init__(
@@ -239,6 +259,7 @@ class RejectionMonitor(Callback):
         donor_batches: Sequence[Batch] | None = None,
         speaker_similarity: bool | None = None,
         speaker_reference: Sequence[np.ndarray] | None = None,
+        intelligibility: bool | None = None,
         out_dir: str | Path | None = None,
         save_best: bool = True,
         seed: int = 1234,
@@ -259,6 +280,22 @@ class RejectionMonitor(Callback):
             raise ValueError(f"every and patience must be >= 1, got every={every}, patience={patience}")
         self.tolerances = _check_tolerances(tolerances)
         self.sentences = list(sentences) if sentences is not None else None
+        self.texts: list[str] | None = (
+            [str(s) for s in self.sentences]
+            if self.sentences and all(isinstance(s, str) for s in self.sentences)
+            else None
+        )
+        if intelligibility:
+            if self.texts is None:
+                raise ValueError(
+                    'intelligibility=True needs the sentences as texts (sentences=["...", ...]): '
+                    "the word error rate compares the recognized words with them, and token ids carry no words"
+                )
+            missing = _recognizer_error()
+            if missing is not None:
+                raise missing
+        self.intelligibility = intelligibility
+        self.intelligibility_seconds: float | None = None
         self.every, self.patience = int(every), int(patience)
         self.donor_batches = list(donor_batches) if donor_batches is not None else None
         self.speaker_similarity = speaker_similarity
@@ -273,6 +310,7 @@ class RejectionMonitor(Callback):
         self.baseline: dict[str, float] | None = dict(baseline) if baseline is not None else None
         self.history: list[MonitorRecord] = []
         self.best_step: int | None = None
+        self.best_path: Path | None = None
         self.best_loss = math.inf
         self._consecutive = 0
         self._train_losses: list[float] = []
@@ -288,6 +326,7 @@ class RejectionMonitor(Callback):
             )
         self._consecutive, self._train_losses = 0, []
         self._tokens = self._sentence_tokens(trainer.model)
+        self._resolve_intelligibility()
         if self.baseline is not None and self.history:
             return  # a later fit of the same run: keep the baseline and the best so far
         metrics, audio = self._measure(trainer, with_reference=True)
@@ -307,12 +346,45 @@ class RejectionMonitor(Callback):
 
     def on_fit_end(self, trainer: SurgicalTrainer) -> None:
         bad = sum(1 for r in self.history if not r.passed)
+        if self.best_step is None:
+            best = "none (no evaluation passed with a known donor loss)"
+        elif self.best_path is None:
+            best = f"step {self.best_step} (not saved: save_best=False)"
+        else:
+            best = f"step {self.best_step} in {self.best_path} (monitor.restore_best(trainer) loads it)"
         logger.info(
             "rejection monitor: %d evaluations, %d with violations; best checkpoint: %s",
             len(self.history),
             bad,
-            f"step {self.best_step}" if self.best_step is not None else "none",
+            best,
         )
+
+    def restore_best(self, trainer: SurgicalTrainer) -> Path:
+        """Load the best checkpoint into ``trainer`` (its model and its state at that step).
+
+        It goes through the trainer's ``load_checkpoint``: the weights, and also the step,
+        optimizers and data position, so a later ``fit`` continues from the best step.
+
+        Returns:
+            The folder loaded.
+
+        Raises:
+            FileNotFoundError: no best checkpoint was saved (``save_best=False``, no passing
+                evaluation yet, or the folder was removed).
+        """
+        if self.best_path is None or not self.best_path.is_dir():
+            where = self.best_path or (self.out_dir or trainer.out_dir) / "best"
+            raise FileNotFoundError(
+                f"no best checkpoint to restore at {where} (best step: {self.best_step}; "
+                f"save_best={self.save_best}): the monitor saves one when an evaluation passes every tolerance"
+            )
+        trainer.load_checkpoint(self.best_path)
+        logger.info(
+            "rejection monitor: restored the best checkpoint (step %d) from %s",
+            self.best_step,
+            self.best_path,
+        )
+        return self.best_path
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, trainer: SurgicalTrainer, step: int) -> MonitorRecord:
@@ -366,7 +438,46 @@ class RejectionMonitor(Callback):
         similarity = self._similarity(audio, a.sample_rate, with_reference)
         if similarity is not None:
             metrics["speaker/similarity"] = similarity
+        wer = self._word_error_rate(audio, a.sample_rate)
+        if wer is not None:
+            metrics["intelligibility/wer"] = wer
         return metrics, audio
+
+    def _resolve_intelligibility(self) -> None:
+        """Turn an undecided (None) intelligibility check on or off, with one note when off."""
+        if self.intelligibility is not None:
+            return
+        if self.texts is None:
+            logger.info(
+                "rejection monitor: intelligibility/wer skipped (the sentences are token ids, not texts; "
+                "pass sentences=[...] as texts to measure it)"
+            )
+            self.intelligibility = False
+            return
+        missing = _recognizer_error()
+        if missing is not None:
+            logger.info("rejection monitor: intelligibility/wer skipped (%s)", missing)
+            self.intelligibility = False
+            return
+        self.intelligibility = True
+
+    def _word_error_rate(self, audio: list[torch.Tensor], sample_rate: int) -> float | None:
+        if not self.intelligibility or not audio or self.texts is None:
+            return None
+        from ..evaluate import asr
+
+        start = time.perf_counter()
+        wavs = [np.nan_to_num(x.detach().reshape(-1).float().cpu().numpy()) for x in audio]
+        hyps = [asr.transcribe(wav, sample_rate) for wav in wavs]
+        wer = asr.word_error_rate(self.texts, hyps)
+        if self.intelligibility_seconds is None:
+            self.intelligibility_seconds = time.perf_counter() - start
+            logger.info(
+                "rejection monitor: intelligibility check (%d sentences) took %.2f s per evaluation",
+                len(audio),
+                self.intelligibility_seconds,
+            )
+        return float(wer)
 
     def _similarity(self, audio: list[torch.Tensor], sample_rate: int, with_reference: bool) -> float | None:
         if self.speaker_similarity is False or not audio:
@@ -429,7 +540,7 @@ class RejectionMonitor(Callback):
             return
         self.best_loss, self.best_step, record.best = record.donor_loss, record.step, True
         if self.save_best:
-            trainer.save_checkpoint((self.out_dir or trainer.out_dir) / "best")
+            self.best_path = Path(trainer.save_checkpoint((self.out_dir or trainer.out_dir) / "best"))
 
     def _sentence_tokens(self, model: nn.Module) -> list[list[int]]:
         if self.sentences is None:
@@ -444,6 +555,18 @@ class RejectionMonitor(Callback):
 
         tokenizer = Tokenizer(model.config.text)
         return [tokenizer.encode(s) if isinstance(s, str) else list(map(int, s)) for s in self.sentences]
+
+
+def _recognizer_error() -> ImportError | None:
+    """Why the word error rate cannot be measured here (pocketsphinx or jiwer missing), or None."""
+    from ..evaluate._deps import require
+
+    try:
+        require("pocketsphinx", "the monitor's intelligibility/wer")
+        require("jiwer", "the monitor's intelligibility/wer")
+    except ImportError as err:
+        return err
+    return None
 
 
 def _check_tolerances(overrides: Mapping[str, float | None] | None) -> dict[str, float | None]:
