@@ -166,6 +166,11 @@ def test_term_weights_layer_like_loss_weights():
     plan = SurgeryPlan(train=["decoder"], loss_terms=[MultiResolutionSTFTLoss(weight=3.0)], loss_weights={"gen/stft": 0})
     assert plan.resolve(reg).loss_weights["gen/stft"] == 0.0
     assert {k: plan.resolve(reg).loss_weights[k] for k in DEFAULT_WEIGHTS} == DEFAULT_WEIGHTS
+    # a plan may weight a term that only the trainer config adds
+    plan = SurgeryPlan(train=["decoder"], loss_weights={"gen/stft": 7.0})
+    assert plan.resolve(reg, None, [MultiResolutionSTFTLoss()]).loss_weights["gen/stft"] == 7.0
+    with pytest.raises(ValueError, match="not added"):
+        plan.resolve(reg)
 
 
 def test_weight_keys_are_checked():
@@ -174,9 +179,12 @@ def test_weight_keys_are_checked():
     with pytest.raises(KeyError, match="did you mean 'gen/mel'"):
         SurgeryPlan.timbre(loss_terms=[MultiResolutionSTFTLoss()], loss_weights={"gen/mle": 1.0})
     # a registered term that is not added: weight 0 is harmless, another weight is a mistake
-    SurgeryPlan.timbre(loss_weights={"gen/stft": 0})
+    reg = ComponentRegistry(tiny_model())
+    assert "gen/stft" not in SurgeryPlan.timbre(loss_weights={"gen/stft": 0}).resolve(reg).loss_weights
     with pytest.raises(ValueError, match=r"loss_terms=\[MultiResolutionSTFTLoss"):
-        SurgeryPlan.timbre(loss_weights={"gen/stft": 2.0})
+        SurgeryPlan.timbre(loss_weights={"gen/stft": 2.0}).resolve(reg)
+    with pytest.raises(ValueError, match=r"loss_terms=\[MultiResolutionSTFTLoss"):
+        SurgeryPlan.timbre().resolve(reg, {"gen/stft": 2.0})  # the same from the trainer config
     with pytest.raises(ValueError, match="appears twice"):
         SurgeryPlan.timbre(loss_terms=[MultiResolutionSTFTLoss(), MultiResolutionSTFTLoss(weight=2)])
     with pytest.raises(ValueError, match=">= 0"):

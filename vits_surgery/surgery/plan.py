@@ -46,13 +46,14 @@ _ADVERSARIAL = ("gen/adv", "gen/fm")
 
 
 def effective_weights(
-    *overrides: Mapping[str, float] | None, terms: Iterable[LossTerm] = ()
+    *overrides: Mapping[str, float] | None, terms: Iterable[LossTerm] = (), allow: Iterable[str] = ()
 ) -> dict[str, float]:
     """``DEFAULT_WEIGHTS`` and the weights of ``terms``, updated by each mapping in turn
     (later ones win).
 
     A key may name a built-in term or one of ``terms``. A registered term that is not in
-    ``terms`` may be given weight 0 (it is not computed either way).
+    ``terms`` may be given weight 0 (it is not computed either way); names in ``allow`` are
+    accepted and left out of the result (a plan's weights for terms the trainer config adds).
 
     Raises:
         KeyError: a key is not a loss term (the message suggests the closest one).
@@ -60,11 +61,14 @@ def effective_weights(
     """
     weights = dict(DEFAULT_WEIGHTS)
     weights.update({t.name: t.weight for t in terms})
+    allowed = set(allow)
     for mapping in overrides:
         for key, value in (mapping or {}).items():
             if float(value) < 0:
                 raise ValueError(f"loss weight {key!r} must be >= 0, got {value}")
             if key not in weights:
+                if key in allowed:
+                    continue
                 if key in registered_loss_terms():
                     if float(value) == 0:
                         continue
@@ -158,7 +162,8 @@ class SurgeryPlan:
             if not float(scale) > 0:
                 raise ValueError(f"lr_scale[{key!r}] must be > 0, got {scale}")
         self.loss_terms = loss_terms_from_any(self.loss_terms)
-        effective_weights(self.loss_weights, terms=self.loss_terms)  # validates keys and signs
+        # validates keys and signs; a registered term may be one the trainer config adds
+        effective_weights(self.loss_weights, terms=self.loss_terms, allow=registered_loss_terms())
 
     # ------------------------------------------------------------------ presets
     @classmethod
