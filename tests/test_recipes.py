@@ -49,6 +49,26 @@ def test_unweighted_new_term_is_an_error(tmp_path) -> None:
         trainer.training_step(batch)
 
 
+@vs.register_loss_term
+class Energy(vs.LossTerm):
+    """docs/recipes/subclassing.md (the LossTerm form)"""
+
+    name = "gen/energy"
+
+    def __call__(self, path, batch, out):
+        return (out.audio_hat.float().pow(2).mean() - 0.01).abs()
+
+
+def test_loss_term_recipe(tmp_path) -> None:
+    model = tiny_model()
+    batch = speech_batch(model.config)
+    plan = vs.SurgeryPlan(train=["decoder"], loss_terms=[Energy(weight=0.5)])
+    trainer = vs.SurgicalTrainer(model, plan, [batch], out_dir=tmp_path, config=vs.TrainConfig(progress=False, seed=0))
+    logs = trainer.training_step(batch)
+    assert "gen/energy" in logs and math.isfinite(logs["gen/energy"]) and trainer.weights["gen/energy"] == 0.5
+    assert vs.SurgeryPlan.from_json(plan.to_json()) == plan
+
+
 def test_suborgan_group_recipe(tmp_path) -> None:
     model = tiny_model()
     reg = vs.ComponentRegistry(model)

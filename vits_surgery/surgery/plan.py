@@ -25,7 +25,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from torch import nn
 
 from .._names import did_you_mean
+from ..loss_terms import LossTerm, loss_terms_from_any, merge_loss_terms, registered_loss_terms
 from ..losses import DEFAULT_WEIGHTS
 from .lora import LoRASpec, inject_lora, lora_parameters
 from .registry import ComponentRegistry, UnknownComponentError
@@ -44,23 +45,40 @@ logger = logging.getLogger(__name__)
 _ADVERSARIAL = ("gen/adv", "gen/fm")
 
 
-def effective_weights(*overrides: Mapping[str, float] | None) -> dict[str, float]:
-    """``DEFAULT_WEIGHTS`` updated by each mapping in turn (later ones win).
+def effective_weights(
+    *overrides: Mapping[str, float] | None, terms: Iterable[LossTerm] = (), allow: Iterable[str] = ()
+) -> dict[str, float]:
+    """``DEFAULT_WEIGHTS`` and the weights of ``terms``, updated by each mapping in turn
+    (later ones win).
+
+    A key may name a built-in term or one of ``terms``. A registered term that is not in
+    ``terms`` may be given weight 0 (it is not computed either way); names in ``allow`` are
+    accepted and left out of the result (a plan's weights for terms the trainer config adds).
 
     Raises:
         KeyError: a key is not a loss term (the message suggests the closest one).
-        ValueError: a weight is negative.
+        ValueError: a weight is negative, or a registered term that is not added has a weight.
     """
     weights = dict(DEFAULT_WEIGHTS)
+    weights.update({t.name: t.weight for t in terms})
+    allowed = set(allow)
     for mapping in overrides:
         for key, value in (mapping or {}).items():
-            if key not in DEFAULT_WEIGHTS:
-                hint = did_you_mean(key, DEFAULT_WEIGHTS)
-                raise UnknownComponentError(
-                    f"unknown loss term {key!r}{hint} (known: {', '.join(DEFAULT_WEIGHTS)})"
-                )
             if float(value) < 0:
                 raise ValueError(f"loss weight {key!r} must be >= 0, got {value}")
+            if key not in weights:
+                if key in allowed:
+                    continue
+                if key in registered_loss_terms():
+                    if float(value) == 0:
+                        continue
+                    raise ValueError(
+                        f"loss weight {key!r}: the term is not added to this plan or trainer; pass it in "
+                        f"loss_terms=[{registered_loss_terms()[key].__name__}(...)]"
+                    )
+                known = list(weights) + list(registered_loss_terms())
+                hint = did_you_mean(key, known)
+                raise UnknownComponentError(f"unknown loss term {key!r}{hint} (known: {', '.join(known)})")
             weights[key] = float(value)
     return weights
 
@@ -78,6 +96,8 @@ class ResolvedPlan:
         trained_organs: generator organs holding at least one trainable parameter.
         trained_paths: canonical module paths that train (for train/eval modes).
         loss_weights: effective loss weights (defaults < trainer config < plan).
+        loss_terms: the extra loss terms (:class:`~vits_surgery.loss_terms.LossTerm`) of the
+            trainer config and the plan (the plan's win by name).
     """
 
     groups: dict[str, list[tuple[str, nn.Parameter]]]
@@ -86,6 +106,7 @@ class ResolvedPlan:
     trained_organs: tuple[str, ...]
     trained_paths: tuple[str, ...]
     loss_weights: dict[str, float]
+    loss_terms: tuple[LossTerm, ...] = ()
 
     def num_trainable(self) -> int:
         """Scalar parameters in all groups."""
@@ -108,7 +129,11 @@ class SurgeryPlan:
             posterior encoder or the speaker embedding. The flow feeds only the KL (the decoder
             decodes the posterior sample z, not the flow's output), so a flow-only plan runs
             no discriminator.
-        loss_weights: overrides of the trainer's loss weights for this plan (0 = not computed).
+        loss_weights: overrides of the trainer's loss weights for this plan (0 = not computed);
+            keys: built-in terms and the names of ``loss_terms``.
+        loss_terms: extra generator terms (:class:`~vits_surgery.loss_terms.LossTerm`, e.g.
+            ``MultiResolutionSTFTLoss(weight=2.0)``), added to the trainer config's (a term of
+            the same name replaces the config's). Serialised by name and arguments.
         frozen_eval: keep frozen modules in ``eval()`` even after ``model.train()``.
         name: informational label (logged, saved with checkpoints).
         lora: entry (organ, alias, sub-organ path or group) -> :class:`LoRASpec` (a dict or a
@@ -124,6 +149,7 @@ class SurgeryPlan:
     frozen_eval: bool = True
     name: str = "custom"
     lora: dict[str, LoRASpec] = field(default_factory=dict)
+    loss_terms: Sequence[LossTerm] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):
@@ -135,7 +161,9 @@ class SurgeryPlan:
         for key, scale in self.lr_scale.items():
             if not float(scale) > 0:
                 raise ValueError(f"lr_scale[{key!r}] must be > 0, got {scale}")
-        effective_weights(self.loss_weights)  # validates keys and signs
+        self.loss_terms = loss_terms_from_any(self.loss_terms)
+        # validates keys and signs; a registered term may be one the trainer config adds
+        effective_weights(self.loss_weights, terms=self.loss_terms, allow=registered_loss_terms())
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -169,8 +197,8 @@ class SurgeryPlan:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
+        """JSON-ready dict (``loss_terms`` only when there are any)."""
+        out = {
             "train": list(self.train),
             "lr_scale": dict(self.lr_scale),
             "train_discriminator": self.train_discriminator,
@@ -179,6 +207,9 @@ class SurgeryPlan:
             "name": self.name,
             "lora": {k: v.to_dict() for k, v in self.lora.items()},
         }
+        if self.loss_terms:
+            out["loss_terms"] = [t.to_dict() for t in self.loss_terms]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SurgeryPlan:
@@ -207,13 +238,19 @@ class SurgeryPlan:
 
     # ------------------------------------------------------------------ resolution
     def resolve(
-        self, registry: ComponentRegistry, loss_weights: Mapping[str, float] | None = None
+        self,
+        registry: ComponentRegistry,
+        loss_weights: Mapping[str, float] | None = None,
+        loss_terms: Sequence[LossTerm] = (),
     ) -> ResolvedPlan:
         """Resolve names to parameter groups on ``registry.model``.
 
         Args:
             registry: the model's registry (aliases, groups).
             loss_weights: the trainer's weights; this plan's ``loss_weights`` override them.
+            loss_terms: the trainer's extra terms; this plan's ``loss_terms`` replace those of
+                the same name. Weights, lowest first: defaults, the trainer's terms, the
+                trainer's ``loss_weights``, the plan's terms, the plan's ``loss_weights``.
 
         Raises:
             KeyError: an unknown name (with suggestions), or an ``lr_scale`` key that is not
@@ -221,7 +258,10 @@ class SurgeryPlan:
             ValueError: the plan resolves to zero trainable parameters, or contradicts itself
                 about the discriminator.
         """
-        weights = effective_weights(loss_weights, self.loss_weights)
+        config_terms = loss_terms_from_any(loss_terms)
+        terms = merge_loss_terms(config_terms, self.loss_terms)
+        plan_term_weights = {t.name: t.weight for t in self.loss_terms}
+        weights = effective_weights(loss_weights, plan_term_weights, self.loss_weights, terms=terms)
         entries = []
         for name in (registry.canonical(n) for n in self.train):
             # the built-in "generator" group expands to its organs: one parameter group each
@@ -242,7 +282,7 @@ class SurgeryPlan:
             groups["discriminator"] = registry.named_parameters("discriminator")
             trained_paths.append("discriminator")
         scales = self._scales(registry, groups)
-        resolved = ResolvedPlan(groups, scales, disc, organs, tuple(trained_paths), weights)
+        resolved = ResolvedPlan(groups, scales, disc, organs, tuple(trained_paths), weights, terms)
         if resolved.num_trainable() == 0:
             raise ValueError(
                 f"plan {self.name!r} (train={list(self.train)}) resolves to zero trainable parameters"

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..audio import amp_to_log, log_mel, spec_to_mel
 from ..batch import Batch
+from ..loss_terms import READS, LossTerm
 from ..losses import (
     discriminator_loss,
     duration_loss,
@@ -49,11 +50,13 @@ class StepPlan:
     """What one training step computes.
 
     Attributes:
-        terms: generator loss terms computed (weight != 0 and reaching a trainable organ).
+        terms: generator loss terms computed (weight != 0 and reaching a trainable organ):
+            the built-in ones, then the extra :class:`~vits_surgery.loss_terms.LossTerm` s.
         grad: stage -> whether it runs with gradients.
         decode: whether the decoder runs (a waveform term, or the discriminator trains).
         train_discriminator: whether the discriminator is updated.
         trained: the generator organs that train (for :meth:`describe`).
+        loss_terms: the extra terms computed (those of ``terms`` that are not built in).
     """
 
     terms: tuple[str, ...]
@@ -61,10 +64,15 @@ class StepPlan:
     decode: bool
     train_discriminator: bool
     trained: tuple[str, ...] = ()
+    loss_terms: tuple[LossTerm, ...] = ()
 
     @classmethod
     def derive(cls, model: nn.Module, resolved: Any) -> StepPlan:
-        """Derive from the data-flow graph of ``model.config`` and a resolved plan."""
+        """Derive from the data-flow graph of ``model.config`` and a resolved plan.
+
+        An extra term reaches what the built-in term it reads like reaches
+        (:data:`~vits_surgery.loss_terms.READS`: a ``"waveform"`` term, what ``gen/mel`` reaches).
+        """
         config = model.config
         graph, reach = data_flow(config), reachable_losses(config)
         trained = set(resolved.trained_organs)
@@ -77,13 +85,22 @@ class StepPlan:
             and any(t in reach.get(o, ()) for o in trained)
             and (has_disc or t in ("gen/kl", "gen/dur", "gen/mel"))
         )
+        extra = tuple(
+            term
+            for term in getattr(resolved, "loss_terms", ())
+            if weights.get(term.name, term.weight) != 0
+            and any(READS[term.reads] in reach.get(o, ()) for o in trained)
+        )
+        # the built-in terms whose reach the computed terms take (for gradients and decoding)
+        reads = set(terms) | {READS[term.reads] for term in extra}
         grad: dict[str, bool] = {}
         for node in _STAGES:
             parents = [p for p, consumers in graph.items() if node in consumers]
             upstream = node in trained or any(grad.get(p, False) for p in parents)
-            grad[node] = upstream and any(t in terms for t in reach.get(node, ()))
-        decode = any(t in terms for t in WAVEFORM_TERMS) or resolved.train_discriminator
-        return cls(terms, grad, decode, resolved.train_discriminator, tuple(resolved.trained_organs))
+            grad[node] = upstream and any(t in reads for t in reach.get(node, ()))
+        decode = any(t in reads for t in WAVEFORM_TERMS) or resolved.train_discriminator
+        terms = terms + tuple(term.name for term in extra)
+        return cls(terms, grad, decode, resolved.train_discriminator, tuple(resolved.trained_organs), extra)
 
     def describe(self) -> str:
         """The plan in words, e.g. ``"grad: duration_predictor; no_grad: text_encoder,
@@ -203,7 +220,8 @@ class LossPath:
     def generator_losses(
         self, batch: Batch, out: VITSTrainOutput, disc_out: Any = None
     ) -> dict[str, torch.Tensor]:
-        """The generator terms of :attr:`StepPlan.terms` (unweighted, fp32).
+        """The generator terms of :attr:`StepPlan.terms` (unweighted, fp32): the built-in
+        ones, then the extra terms (:attr:`StepPlan.loss_terms`) under their names.
 
         Args:
             disc_out: the discriminator's output on (real, generated) slices; computed here
@@ -230,6 +248,10 @@ class LossPath:
                 losses["gen/adv"] = generator_adversarial_loss(fake.real_scores)
             if "gen/fm" in terms:
                 losses["gen/fm"] = feature_matching_loss(real.real_features, fake.real_features)
+        with self.autocast(enabled=False):
+            for term in self.step_plan.loss_terms:
+                if term.name in terms:
+                    losses[term.name] = term(self, batch, out).float()
         return losses
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

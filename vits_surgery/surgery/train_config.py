@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from ..loss_terms import LossTerm, loss_terms_from_any
 
 __all__ = ["TrainConfig"]
 
@@ -23,7 +26,10 @@ class TrainConfig:
         grad_accum: batches per optimizer update.
         amp: "bf16", "fp16" or None; the flow, the duration predictor, MAS and the losses
             always run in fp32.
-        loss_weights: overrides of ``losses.DEFAULT_WEIGHTS`` (0 = term not computed).
+        loss_weights: overrides of ``losses.DEFAULT_WEIGHTS`` and of the weights of
+            ``loss_terms`` (0 = term not computed).
+        loss_terms: extra generator terms (:class:`~vits_surgery.loss_terms.LossTerm`) for
+            every plan the trainer runs; a plan's term of the same name replaces one of these.
         sample_every: deprecated (removed in vits_surgery 0.3): listening checkpoints are a
             callback, :class:`~vits_surgery.surgery.listening.ListeningCallback` (``every=``).
         save_every: checkpoint period in steps (0 = only at the end of ``fit``).
@@ -47,6 +53,7 @@ class TrainConfig:
     grad_accum: int = 1
     amp: str | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
+    loss_terms: Sequence[LossTerm] = ()
     sample_every: int = 0
     save_every: int = 1000
     keep_last: int = 3
@@ -58,6 +65,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.loss_terms = loss_terms_from_any(self.loss_terms)
         if self.sample_every:
             from .._deprecated import warn_renamed
 
@@ -86,9 +94,11 @@ class TrainConfig:
         return fraction ** (1.0 / steps)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        d = asdict(self)
+        """JSON-ready dict (``loss_terms`` by name and arguments)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["betas"] = list(self.betas)
+        d["loss_weights"] = dict(self.loss_weights)
+        d["loss_terms"] = [t.to_dict() for t in self.loss_terms]
         return d
 
     @classmethod

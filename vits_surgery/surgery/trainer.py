@@ -35,6 +35,7 @@ them. Rank 0 alone writes checkpoints, samples and callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -112,13 +113,13 @@ class SurgicalTrainer:
             callbacks = [c for c in callbacks if c is not listener] + [_LegacyListener(listener)]
         self.config = config or TrainConfig()
         if lr is not None:
-            self.config = TrainConfig.from_dict({**self.config.to_dict(), "lr": lr})
+            self.config = dataclasses.replace(self.config, lr=lr)
         self.rank, self.world_size = runtime.init_from_env()
         self.device = torch.device(self.config.device or runtime.default_device())
         self.model = model.to(self.device)
         self.plan = plan
         self.registry = registry or ComponentRegistry(model)
-        self.resolved = plan.resolve(self.registry, self.config.loss_weights)
+        self.resolved = plan.resolve(self.registry, self.config.loss_weights, self.config.loss_terms)
         apply_resolved(model, self.resolved, frozen_eval=plan.frozen_eval)
         self.weights = self.resolved.loss_weights
         self.step_plan = StepPlan.derive(model, self.resolved)
