@@ -31,6 +31,13 @@ from targets import check_targets  # noqa: E402
 
 logger = logging.getLogger("report")
 SPEAKERS = ("R", "D_cad", "D_tim", "D")
+"""The benchmark's own speakers; further donors (``build_foreign.py``: ``F_<voice>``) join when present."""
+
+
+def speakers(root: Path) -> tuple[str, ...]:
+    """``SPEAKERS`` and every ``F_*`` corpus folder under ``root`` with a ``ref`` split."""
+    extra = sorted(p.name for p in root.glob("F_*") if (p / "ref").is_dir())
+    return SPEAKERS + tuple(extra)
 
 
 def _jsonable(res: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +49,7 @@ def reference_embeddings(root: Path) -> dict[str, np.ndarray]:
     from vits_surgery.evaluate import speaker_embeddings
 
     out = {}
-    for spk in SPEAKERS:
+    for spk in speakers(root):
         cache = root / "eval" / f"ref_{spk}.npy"
         if not cache.is_file() and (root / spk / "ref").is_dir():
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +64,9 @@ def measure(wavs: list[Path], texts: list[str], refs: dict[str, np.ndarray], cac
     from vits_surgery.evaluate import evaluate_corpus
 
     if cache is not None and cache.is_file():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if set(refs) <= set(cached.get("similarity", {})):  # measured against every speaker we have now
+            return cached
     res = _jsonable(evaluate_corpus(wavs, texts, ref_wavs=refs))
     if cache is not None:
         dump_json(cache, res)
@@ -174,7 +183,7 @@ def donor_table(root: Path, refs: dict[str, np.ndarray], n_test: int) -> list[di
     texts = [it.text for it in items]
     base = measure([it.wav for it in items], texts, refs, root / "eval" / "R_test.json")
     out = []
-    for spk in SPEAKERS:
+    for spk in speakers(root):
         if not (root / spk / "test" / "metadata.csv").is_file():
             continue
         res = measure(

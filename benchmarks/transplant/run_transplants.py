@@ -228,6 +228,12 @@ def make_plan(plan_name: str, args: argparse.Namespace) -> Any:
         kwargs["train"] = tuple(args.timbre_organs.split(","))
     if args.no_discriminator:  # mel + KL only: no adversarial terms, no discriminator
         kwargs.update(train_discriminator=False, loss_weights={"gen/adv": 0.0, "gen/fm": 0.0})
+    if getattr(args, "stft_weight", 0):
+        from vits_surgery import MultiResolutionSTFTLoss
+
+        kwargs["loss_terms"] = [MultiResolutionSTFTLoss(weight=args.stft_weight)]
+    if getattr(args, "lr_scale", None):
+        kwargs["lr_scale"] = {k: float(v) for k, v in (x.split("=") for x in args.lr_scale.split(","))}
     return SurgeryPlan(**kwargs)
 
 
@@ -411,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timbre-lr", type=float, default=2e-4)
     ap.add_argument("--timbre-organs", default=None, help="comma-separated organs (default: the preset's)")
     ap.add_argument("--no-discriminator", action="store_true", help="timbre with mel + KL only")
+    ap.add_argument("--stft-weight", type=float, default=0.0, help="timbre: add the multi-resolution STFT term")
+    ap.add_argument("--lr-scale", default=None, help="timbre: organ=scale,... learning-rate multipliers")
     ap.add_argument(
         "--disc-warmup",
         type=int,
