@@ -37,9 +37,14 @@ def batches():
 
 
 def _trainer(plan, out_dir, model=None, data=None, **cfg):
+    """A trainer whose cached cadence step (if any) takes the "mas" source (the "auto" default is
+    tested in test_auto_source.py)."""
     cfg.setdefault("progress", False)
     cfg.setdefault("seed", 0)
-    return SurgicalTrainer(model or tiny_model(), plan, data, out_dir=out_dir, config=TrainConfig(**cfg))
+    trainer = SurgicalTrainer(model or tiny_model(), plan, data, out_dir=out_dir, config=TrainConfig(**cfg))
+    if trainer.cadence is not None:
+        trainer.cadence = CadenceStep(trainer, source="mas")
+    return trainer
 
 
 def _sampled_posterior_noise(trainer, batch):

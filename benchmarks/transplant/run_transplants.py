@@ -4,7 +4,7 @@ Usage:
     python benchmarks/transplant/run_transplants.py [--data bench_data/transplant]
         [--runs cadence:D_cad,cadence:D,timbre:D_tim,timbre:D]
         [--cadence-steps 400 --cadence-lr 1e-3] [--timbre-steps 2000 --timbre-lr 2e-4]
-        [--batch-size 8] [--duration-source forced|mas] [--device cpu] [--threads 2]
+        [--batch-size 8] [--duration-source auto|forced|mas] [--device cpu] [--threads 2]
 
 1. The recipient: the Piper joe voice, imported, with the organs its inference graph lacks
    (posterior encoder, SDP posterior flows, discriminator) regrown by
@@ -434,9 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tag", default="", help="suffix of the run folder names")
     ap.add_argument(
         "--duration-source",
-        choices=["forced", "mas"],
+        choices=["auto", "forced", "mas"],
         default=None,
-        help="cadence runs: the donor durations' source (default: the library's, MAS)",
+        help="cadence runs: the donor durations' source (default: the library's, auto)",
     )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument(

@@ -14,6 +14,7 @@ from .._lazy import lazy_attributes
 _LAZY = {
     "donor_durations": "vits_surgery.durations.api:donor_durations",
     "mas_durations": "vits_surgery.durations.api:mas_durations",
+    "choose_source": "vits_surgery.durations.api:choose_source",
     "recipient_weights": "vits_surgery.durations.api:recipient_weights",
     "DonorUtterance": "vits_surgery.durations.api:DonorUtterance",
     "SOURCES": "vits_surgery.durations.api:SOURCES",

@@ -15,12 +15,12 @@ import torch
 from .segments import WordSpan
 from .tokens import token_durations
 
-__all__ = ["SOURCES", "DonorUtterance", "donor_durations", "mas_durations", "recipient_weights"]
+__all__ = ["SOURCES", "DonorUtterance", "choose_source", "donor_durations", "mas_durations", "recipient_weights"]
 
 logger = logging.getLogger(__name__)
 
 #: The duration sources :func:`donor_durations` accepts.
-SOURCES = ("forced", "textgrid", "mas")
+SOURCES = ("auto", "forced", "textgrid", "mas")
 
 
 @dataclass
@@ -66,21 +66,36 @@ def recipient_weights(model: Any, tokens: Sequence[int]) -> torch.Tensor:
     return torch.exp(logw)[0, 0].double()
 
 
-@torch.no_grad()
-def mas_durations(model: Any, utt: DonorUtterance) -> torch.Tensor:
-    """MAS through the model's own posterior encoder (mean) and flow: [T] long frames."""
+def _one_batch(model: Any, utt: DonorUtterance) -> Any:
+    """``utt`` as a one-item :class:`~vits_surgery.batch.Batch` (CPU)."""
     from ..audio import spectrogram
     from ..batch import Batch
-    from .mas import posterior_durations
 
     spec = utt.spec
     if spec is None:
         spec = spectrogram(torch.from_numpy(utt.audio).unsqueeze(0), model.config.audio)[0]
     wav = torch.from_numpy(utt.audio).view(1, 1, -1)
-    one = Batch(tokens=torch.tensor([utt.tokens], dtype=torch.long), token_lengths=torch.tensor([len(utt.tokens)]),
-                spec=spec.unsqueeze(0), spec_lengths=torch.tensor([spec.shape[-1]]),
-                wav=wav, wav_lengths=torch.tensor([wav.shape[-1]]))
-    return posterior_durations(model, one)[0]
+    return Batch(tokens=torch.tensor([utt.tokens], dtype=torch.long), token_lengths=torch.tensor([len(utt.tokens)]),
+                 spec=spec.unsqueeze(0), spec_lengths=torch.tensor([spec.shape[-1]]),
+                 wav=wav, wav_lengths=torch.tensor([wav.shape[-1]]), texts=[utt.text], ids=[utt.id])
+
+
+@torch.no_grad()
+def mas_durations(model: Any, utt: DonorUtterance) -> torch.Tensor:
+    """MAS through the model's own posterior encoder (mean) and flow: [T] long frames."""
+    from .mas import posterior_durations
+
+    return posterior_durations(model, _one_batch(model, utt))[0]
+
+
+def choose_source(model: Any, utterances: Sequence[DonorUtterance], max_utterances: int = 12) -> str:
+    """``"mas"`` or ``"forced"`` for these donor utterances, as the ``"auto"`` source decides
+    (:class:`~vits_surgery.durations.cache.AutoDurations`: the prior-fit gap on the first
+    ``max_utterances``; ``"mas"`` with a warning when pocketsphinx is not installed)."""
+    from .cache import AutoDurations
+
+    auto = AutoDurations(max_utterances=max_utterances)
+    return auto.decide(model, (_one_batch(model, u) for u in utterances[:max_utterances]))
 
 
 def _textgrid_for(textgrids: Any, utt: DonorUtterance, index: int) -> Path:
@@ -105,7 +120,7 @@ def _word_spans(utt: DonorUtterance, source: str, sample_rate: int, textgrids: A
 def donor_durations(
     model: Any,
     data: Any,
-    source: str = "forced",
+    source: str = "auto",
     *,
     textgrids: str | Path | Mapping[str, str | Path] | Sequence[str | Path] | None = None,
     weights: str = "recipient",
@@ -124,6 +139,9 @@ def donor_durations(
 
     Sources:
 
+    * ``"auto"`` (default): ``"mas"`` for a donor that sounds like the recipient, ``"forced"``
+      for another voice, chosen by the prior-fit gap on the first utterances
+      (:func:`choose_source`); ``"mas"`` when pocketsphinx is not installed (with a warning).
     * ``"forced"``: speaker-independent forced alignment (pocketsphinx's English acoustic
       model, :func:`~vits_surgery.durations.forced.forced_align`): word and phone segments,
       pauses on separator tokens (:mod:`~vits_surgery.durations.tokens`). Right for a donor the
@@ -140,7 +158,7 @@ def donor_durations(
             route).
         data: a :class:`~vits_surgery.data.TextAudioDataset`, or a sequence of
             :class:`~vits_surgery.data.Utterance` or ``(audio_path, text)`` pairs.
-        source: ``"forced"``, ``"textgrid"`` or ``"mas"``.
+        source: ``"auto"``, ``"forced"``, ``"textgrid"`` or ``"mas"``.
         textgrids: for ``"textgrid"``: a folder holding ``<utterance id>.TextGrid``, a mapping
             id -> file, or one file per utterance in order.
         weights: how a word's or phone's time is shared among its tokens (phonemes, stress
@@ -169,6 +187,10 @@ def donor_durations(
     utterances = _from_dataset(data) if hasattr(data, "entries") and hasattr(data, "lengths") else _from_items(model, data)
     was_training = model.training
     model.eval()
+    if source == "auto":
+        utterances = list(utterances)
+        source = choose_source(model, utterances)
+        logger.info("donor durations: source auto chose %r", source)
     out: list[torch.Tensor | None] = []
     t0, failed = time.time(), 0
     try:

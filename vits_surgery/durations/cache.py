@@ -18,7 +18,10 @@ across a change of weights, audio or source.
 the frozen posterior encoder and flow read the spectrogram, and monotonic alignment search on
 the prior's likelihood gives the path. ``"forced"`` (:class:`ForcedDurations`) aligns the
 donor's audio with its transcript by a speaker-independent aligner instead (pocketsphinx), for a
-donor whose voice the recipient never heard. Register other sources in :data:`SOURCES`.
+donor whose voice the recipient never heard. ``"auto"`` (:class:`AutoDurations`, the default)
+chooses one of the two per donor by the prior-fit gap
+(:func:`~vits_surgery.durations.mas.prior_fit_gap`) before the first key is computed. Register
+other sources in :data:`SOURCES`.
 
 **Posterior noise.** The training path draws a fresh posterior sample ``z`` at every step, so
 MAS sees a different draw each time. The cache takes one draw per utterance (noise scale 1,
@@ -41,7 +44,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -56,7 +59,9 @@ from ..models.vits import VITS
 from .mas import posterior_durations
 
 __all__ = [
+    "AUTO_THRESHOLD",
     "CACHE_VERSION",
+    "AutoDurations",
     "SOURCES",
     "CadenceInputs",
     "CachedUtterance",
@@ -66,6 +71,7 @@ __all__ = [
     "MASDurations",
     "SourceInputs",
     "cache_root",
+    "forced_available",
     "resolve_source",
 ]
 
@@ -259,8 +265,138 @@ class ForcedDurations:
         return out.to(batch.tokens.device)
 
 
+def forced_available() -> bool:
+    """Whether the forced aligner's package (pocketsphinx, the ``align`` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("pocketsphinx") is not None
+
+
+AUTO_THRESHOLD = 0.04
+"""Prior-fit gap (nats per frame per channel) from which ``"auto"`` picks forced alignment.
+
+Calibrated on the transplant benchmark's donors with the regrown joe voice
+(benchmarks/cadence/source_choice.py, docs/results/cadence_source_choice.json; 12 utterances,
+6 references): the recipient itself slowed down (D_cad) -0.003; flite slt slowed (D) 0.160,
+flite slt (D_tim) 0.176, flite awb (F_awb) 0.174, festival kal (F_kal) 0.085. The threshold sits
+midway between D_cad and the nearest other voice (margins 0.043 and 0.045)."""
+
+
+@dataclass
+class AutoDurations:
+    """MAS for a donor that sounds like the recipient, forced alignment for another voice.
+
+    Before its first durations, :meth:`decide` measures the donor's prior-fit gap
+    (:func:`~vits_surgery.durations.mas.prior_fit_gap`: how much worse the donor's ``z_p`` fits
+    the recipient's text prior than the recipient's own synthesis of the same texts does) on up
+    to ``max_utterances`` utterances, and picks ``"mas"`` (:class:`MASDurations`) when the gap is
+    below ``threshold``, ``"forced"`` (:class:`ForcedDurations`) otherwise; every batch then goes
+    to that source. The decision and the gap are logged. Without pocketsphinx (the ``align``
+    extra) it picks ``"mas"`` without measuring, with a warning.
+
+    :class:`~vits_surgery.durations.step.CadenceStep` calls :meth:`decide` on the training data
+    before precomputing; a :class:`DurationCache` whose source is still undecided decides on the
+    first batch it sees. The choice and its source's settings are part of :meth:`settings`, so
+    the two choices never share cache entries. The reference syntheses take the recipient's
+    predicted durations (seeded noise), as calibrated; a resumed run measures the gap again with
+    the duration predictor it has trained so far, which moves the reference fit little against
+    the margin around the threshold (a flipped choice would change the cache key and so the
+    targets: pass ``source="mas"`` or ``"forced"`` explicitly to pin it).
+
+    Args:
+        threshold: the gap (nats per frame per channel) from which forced alignment is chosen.
+        max_utterances: donor utterances measured.
+        references: of those, how many the recipient synthesizes for the reference fit.
+        mas_noise_scale: posterior noise of the MAS durations (either choice's MAS route).
+
+    Attributes:
+        choice: ``"mas"``, ``"forced"``, or None before :meth:`decide`.
+        measurement: the :class:`~vits_surgery.durations.mas.PriorFitGap` measured, or None.
+        reason: why the choice was made (logged and in :meth:`describe`).
+        delegate: the chosen source.
+    """
+
+    threshold: float = AUTO_THRESHOLD
+    max_utterances: int = 12
+    references: int = 6
+    mas_noise_scale: float = 1.0
+    choice: str | None = field(default=None, compare=False)
+    measurement: Any = field(default=None, compare=False)
+    reason: str = field(default="", compare=False)
+    delegate: Any = field(default=None, compare=False)
+    name: ClassVar[str] = "auto"
+    reads: ClassVar[tuple[str, ...]] = ("speaker_embedding", "posterior_encoder", "flow")
+
+    @property
+    def decided(self) -> bool:
+        """Whether :meth:`decide` has chosen a source."""
+        return self.choice is not None
+
+    def measure(self, model: VITS, batches: Iterable[Batch]):
+        """The donor's prior-fit gap on up to ``max_utterances`` utterances of ``batches``."""
+        from .mas import prior_fit_gap
+
+        return prior_fit_gap(model, batches, self.max_utterances, self.references)
+
+    def decide(self, model: VITS, batches: Iterable[Batch]) -> str:
+        """Choose ``"mas"`` or ``"forced"`` (once; later calls return the choice)."""
+        if self.choice is not None:
+            return self.choice
+        if not forced_available():
+            self.reason = "pocketsphinx is not installed"
+            logger.warning("duration source auto: pocketsphinx is not installed, so durations come from MAS "
+                           "through the recipient's posterior, right only for a donor that sounds like the "
+                           "recipient; for another voice install the 'align' extra (pip install "
+                           "'vits-surgery[align]') or pass source='forced'")
+            return self._choose("mas")
+        start = time.perf_counter()
+        gap = self.measurement = self.measure(model, batches)
+        choice = "mas" if gap.gap < self.threshold else "forced"
+        self.reason = (f"prior-fit gap {gap.gap:.3f} nats per frame per channel on {gap.utterances} utterances "
+                       f"{'<' if choice == 'mas' else '>='} threshold {self.threshold:g}")
+        logger.info("duration source auto: %s (%s: the donor %s; %.1f s)", choice, self.reason,
+                    "sounds like the recipient" if choice == "mas" else "is another voice",
+                    time.perf_counter() - start)
+        return self._choose(choice)
+
+    def _choose(self, choice: str) -> str:
+        self.choice = choice
+        self.delegate = MASDurations(self.mas_noise_scale) if choice == "mas" else ForcedDurations(
+            mas_noise_scale=self.mas_noise_scale)
+        return choice
+
+    def _chosen(self) -> Any:
+        if self.delegate is None:
+            raise RuntimeError("duration source auto has not decided yet: call decide(model, batches) first")
+        return self.delegate
+
+    def settings(self) -> dict[str, Any]:
+        """The choice, the threshold and the chosen source's settings (raises before :meth:`decide`)."""
+        delegate = self._chosen()
+        return {"choice": self.choice, "threshold": float(self.threshold), "max_utterances": int(self.max_utterances),
+                "references": int(self.references), "choice_settings": delegate.settings()}
+
+    def describe(self) -> dict[str, Any]:
+        """For the run log: the choice, why, and the measured gap."""
+        out: dict[str, Any] = {"choice": self.choice, "threshold": float(self.threshold), "reason": self.reason}
+        if self.measurement is not None:
+            m = self.measurement
+            out.update(gap=m.gap, donor_fit=m.donor, reference_fit=m.reference, utterances=m.utterances,
+                       references=m.references)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """The chosen source's counts (the forced source's aligned / fallen-back utterances)."""
+        stats = getattr(self.delegate, "stats", None)
+        return stats() if callable(stats) else {}
+
+    def __call__(self, model: VITS, inputs: SourceInputs) -> torch.Tensor:
+        """[B, T_x] frames per token from the chosen source."""
+        return self._chosen()(model, inputs)
+
+
 #: Duration sources by name (``resolve_source("mas")``).
-SOURCES: dict[str, type] = {"mas": MASDurations, "forced": ForcedDurations}
+SOURCES: dict[str, type] = {"auto": AutoDurations, "mas": MASDurations, "forced": ForcedDurations}
 
 
 def resolve_source(source: str | DurationSource) -> DurationSource:
@@ -367,7 +503,7 @@ class DurationCache:
         model: the recipient; its text encoder, speaker embedding and the organs the source
             reads must stay frozen while the cache is used (their weights are hashed once, at
             the first lookup; call :meth:`reset` after changing them).
-        source: a name in :data:`SOURCES` (``"mas"``) or a :class:`DurationSource`.
+        source: a name in :data:`SOURCES` (default ``"auto"``) or a :class:`DurationSource`.
         cache_dir: folder of the entries (default :func:`cache_root`).
 
     Attributes:
@@ -375,7 +511,7 @@ class DurationCache:
             ``audio_seconds`` (of the computed utterances).
     """
 
-    def __init__(self, model: VITS, source: str | DurationSource = "mas", cache_dir: str | Path | None = None) -> None:
+    def __init__(self, model: VITS, source: str | DurationSource = "auto", cache_dir: str | Path | None = None) -> None:
         self.model = model
         self.source = resolve_source(source)
         self.root = Path(cache_dir) if cache_dir is not None else cache_root()
@@ -400,6 +536,13 @@ class DurationCache:
             "source_settings": self.source.settings(),
             "precision": "fp32",
         }
+
+    def decide(self, batches: Iterable[Batch]) -> None:
+        """Let a source that chooses on the data (``"auto"``) choose now, on ``batches``."""
+        decide = getattr(self.source, "decide", None)
+        if decide is not None and not self.source.decided:
+            decide(self.model, batches)
+            self._fingerprint = None
 
     def fingerprint(self) -> str:
         """sha256 of :meth:`settings` and of the weights of :attr:`organs` (computed once)."""
@@ -441,6 +584,8 @@ class DurationCache:
 
     def ensure(self, batch: Batch) -> list[str]:
         """Make every item of ``batch`` available in memory; returns their keys."""
+        if not getattr(self.source, "decided", True):  # a source that chooses on the data (auto)
+            self.decide([batch])
         keys: list[str | None] = [self._recall(batch, i) for i in range(len(batch))]
         todo = []
         for i, known in enumerate(keys):

@@ -16,7 +16,9 @@ To choose another duration source or cache folder, replace it before ``fit``::
     trainer.cadence = CadenceStep(trainer, source=my_aligner, cache_dir="cache/cadence")
 
 or, by name, ``trainer.cadence = CadenceStep.for_trainer(trainer, source="forced")`` (None when
-the plan needs the full path).
+the plan needs the full path). The default source, ``"auto"``, measures how well the donor fits
+the recipient's prior and picks MAS (a donor that sounds like the recipient) or forced alignment
+(another voice); :meth:`CadenceStep.describe` records the choice and the gap.
 
 and ``trainer.cadence = None`` forces the full path. The SDP's posterior noise is drawn from
 the trainer's generator (or taken from ``TrainNoise.duration``) as in the full step, so on the
@@ -38,7 +40,7 @@ from ..losses import duration_loss
 from ..models.vits import TrainNoise
 from .cache import DurationCache, DurationSource
 
-__all__ = ["CadenceStep", "fallback_reason", "describe_cadence", "utterance_batches"]
+__all__ = ["CadenceStep", "fallback_reason", "describe_cadence", "sample_batches", "utterance_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,28 @@ def utterance_batches(data: Any, batch_size: int = PRECOMPUTE_BATCH) -> Iterator
     return batches()
 
 
+def sample_batches(data: Any, n: int, batch_size: int = 4) -> Iterator[Batch] | None:
+    """Batches of up to ``n`` utterances of ``data`` spread over its length range (shortest to
+    longest), without moving its position; a list or tuple of batches is read as is (its first
+    utterances). None for a one-shot iterator (see :func:`utterance_batches`)."""
+    if isinstance(data, (list, tuple)):
+        return iter(data)
+    dataset = getattr(data, "dataset", None)
+    collate = getattr(getattr(data, "loader", data), "collate_fn", None)
+    if dataset is None or collate is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
+        return None
+    lengths = list(getattr(dataset, "lengths", None) or [0] * len(dataset))
+    order = sorted(range(len(dataset)), key=lambda i: lengths[i])
+    k = min(n, len(order))
+    picked = list(dict.fromkeys(order[round(j * (len(order) - 1) / max(k - 1, 1))] for j in range(k)))
+
+    def batches() -> Iterator[Batch]:
+        for start in range(0, len(picked), batch_size):
+            yield collate([dataset[i] for i in picked[start : start + batch_size]])
+
+    return batches()
+
+
 class CadenceStep:
     """The duration loss on cached inputs, for a trainer whose plan allows it.
 
@@ -111,10 +135,13 @@ class CadenceStep:
         trainer: the :class:`~vits_surgery.surgery.trainer.SurgicalTrainer` (its model,
             device and generator are used).
         source: the duration source (name or object; see :mod:`vits_surgery.durations.cache`).
+            The default ``"auto"`` picks MAS for a donor that sounds like the recipient and forced
+            alignment for another voice (:class:`~vits_surgery.durations.cache.AutoDurations`),
+            deciding in :meth:`prepare` (or at the first batch when the data is read once).
         cache_dir: the cache folder (default ``$VITS_SURGERY_CACHE/cadence``).
     """
 
-    def __init__(self, trainer: Any, source: str | DurationSource = "mas", cache_dir: str | Path | None = None) -> None:
+    def __init__(self, trainer: Any, source: str | DurationSource = "auto", cache_dir: str | Path | None = None) -> None:
         self.trainer = trainer
         self.cache = DurationCache(trainer.model, source, cache_dir)
         self.prepared: dict[str, Any] = {}
@@ -137,8 +164,20 @@ class CadenceStep:
         """The duration source's name."""
         return self.cache.source.name
 
+    def _source_label(self) -> str:
+        """The source's name, with its choice for a source that chooses (``"auto -> forced"``)."""
+        choice = getattr(self.cache.source, "choice", None)
+        return f"{self.source_name} -> {choice}" if choice else self.source_name
+
     def prepare(self, data: Iterable[Batch] | None) -> None:
-        """Compute (or load) the inputs of every utterance of ``data`` once, and log it."""
+        """Let an ``"auto"`` source choose on ``data``, then compute (or load) the inputs of every
+        utterance of ``data`` once, and log it."""
+        source = self.cache.source
+        if data is not None and not getattr(source, "decided", True):
+            sample = sample_batches(data, getattr(source, "max_utterances", 12))
+            if sample is not None:
+                device = self.trainer.device
+                self.cache.decide(batch.to(device) for batch in sample)
         batches = utterance_batches(data) if data is not None else None
         if batches is None:
             logger.info("cadence: cached durations (source: %s); train_data is read once, so each "
@@ -157,7 +196,7 @@ class CadenceStep:
         per_minute = f", {stats['compute_seconds'] / minutes:.2f} s per minute of audio" if minutes else ""
         logger.info(
             "cadence: cached durations (source: %s), %d utterances precomputed in %.1f s (%d computed%s, "
-            "%d loaded from %s)", self.source_name, len(self.cache.items), self.prepared["seconds"],
+            "%d loaded from %s)", self._source_label(), len(self.cache.items), self.prepared["seconds"],
             stats["computed"], per_minute, stats["loaded"], self.cache.root,
         )
 
@@ -180,13 +219,18 @@ class CadenceStep:
 
     def describe(self) -> dict[str, Any]:
         """For the run log: path, duration source, its settings, the precompute figures."""
+        source = self.cache.source
+        decided = getattr(source, "decided", True)  # False: auto before its decision
         out = {
-            "path": "cached", "source": self.source_name, "source_settings": self.cache.source.settings(),
+            "path": "cached", "source": self.source_name, "source_settings": source.settings() if decided else None,
             "cache_dir": str(self.cache.root), **self.prepared,
         }
-        stats = getattr(self.cache.source, "stats", None)
+        stats = getattr(source, "stats", None)
         if callable(stats):  # e.g. the forced source's aligned / fallen-back counts
             out["source_stats"] = stats()
+        decision = getattr(source, "describe", None)
+        if callable(decision):  # the auto source's choice and the gap it measured
+            out["decision"] = decision()
         return out
 
 
