@@ -85,7 +85,7 @@ def test_without_pocketsphinx_it_picks_mas_with_a_warning(batch, monkeypatch, ca
     with caplog.at_level(logging.WARNING, logger=LOG):
         assert auto.decide(tiny_model(), [batch]) == "mas"
     assert auto.calls == 0 and auto.measurement is None
-    assert "pocketsphinx is not installed" in caplog.text and "'align' extra" in caplog.text
+    assert "pocketsphinx is not installed" in caplog.text and "pip install 'pocketsphinx>=5'" in caplog.text
     assert auto.describe()["reason"] == "pocketsphinx is not installed"
 
 

@@ -346,8 +346,8 @@ class AutoDurations:
             self.reason = "pocketsphinx is not installed"
             logger.warning("duration source auto: pocketsphinx is not installed, so durations come from MAS "
                            "through the recipient's posterior, right only for a donor that sounds like the "
-                           "recipient; for another voice install the 'align' extra (pip install "
-                           "'vits-surgery[align]') or pass source='forced'")
+                           "recipient; for another voice reinstall pocketsphinx (a dependency of vits-surgery: "
+                           "pip install 'pocketsphinx>=5')")
             return self._choose("mas")
         start = time.perf_counter()
         gap = self.measurement = self.measure(model, batches)
