@@ -137,14 +137,23 @@ def _speaker_vector(model: VITS, batch: Batch) -> torch.Tensor | None:
 
 
 def _synthesis_batch(model: VITS, tokens: torch.Tensor, speaker: torch.Tensor | None, seed: int,
-                     durations: torch.Tensor | None = None) -> Batch:
+                     durations: torch.Tensor | None = None, max_frames: int | None = None) -> Batch:
     """The voice's own rendering of ``tokens`` [T_x] (seeded noise; ``durations`` [T_x] frames per
-    token, or the voice's predicted ones when None) as a one-item batch."""
+    token, or the voice's predicted ones when None, scaled down to at most ``max_frames`` in all)
+    as a one-item batch."""
     from ..audio import spectrogram
 
     device = tokens.device
-    out = model.infer(tokens.view(1, -1), speaker=speaker, generator=torch.Generator().manual_seed(seed),
-                      durations=durations.view(1, -1) if durations is not None else None)
+    gen = torch.Generator().manual_seed(seed)
+    if durations is None:  # the voice's own timing, drawn as ``infer`` draws it (same generator order)
+        ids = tokens.view(1, -1)
+        g = model.speaker_vector(speaker.view(1) if speaker is not None else None)
+        enc = model.encode_text(ids, torch.tensor([ids.shape[1]], device=device))
+        durations = model.predict_durations(enc, g, model.config.noise_scale_w, model.config.length_scale, gen)[0]
+        if max_frames is not None and float(durations.sum()) > max_frames:
+            # an untrained or broken duration predictor can ask for minutes of audio: scale it down
+            durations = torch.floor(durations * (max_frames / float(durations.sum()))).clamp(min=1)
+    out = model.infer(tokens.view(1, -1), speaker=speaker, generator=gen, durations=durations.view(1, -1))
     wav = out.audio[0, :, : int(out.audio_lengths[0])].float()  # [1, N]
     spec = spectrogram(wav, model.config.audio)  # [1, F, T_y]
     n = torch.tensor([tokens.shape[0]], device=device)
@@ -203,7 +212,9 @@ def prior_fit_gap(model: VITS, batches: Iterable[Batch], max_utterances: int = 1
                 raise ValueError("no donor utterance to measure the prior fit on")
             ref, ref_z = [], []
             for i, (tokens, speaker, durations) in enumerate(texts):
-                one = _synthesis_batch(model, tokens, speaker, seed + i, durations if timing == "donor" else None)
+                # the reference is at most 3x as long as the donor's utterance of the same text
+                one = _synthesis_batch(model, tokens, speaker, seed + i, durations if timing == "donor" else None,
+                                       max_frames=3 * max(1, int(durations.sum())))
                 res = posterior_alignment(model, one, g=_speaker_vector(model, one))
                 ref.append(float(res.fit[0]))
                 ref_z.append(float(res.fit_z[0]))
