@@ -1,7 +1,7 @@
 """Calibration of the ``"auto"`` duration source: the prior-fit gap of each benchmark donor.
 
 Usage:
-    python benchmarks/cadence/source_choice.py [--data /work/bench_data/transplant]
+    python benchmarks/cadence/source_choice.py [--data bench_data/transplant]
         [--speakers D_cad,D,D_tim,F_awb,F_kal] [--utterances 12] [--references 6]
         [--threads 2] [--json docs/results/cadence_source_choice.json]
 
@@ -33,6 +33,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transplant"))
+from common import DEFAULT_ROOT  # noqa: E402  ($TRANSPLANT_DATA or bench_data/transplant)
+
 RECIPIENT_LIKE = ("D_cad",)
 
 
@@ -49,12 +52,10 @@ def donor_batches(root: Path, spk: str, model, n: int, cache: Path, batch_size: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/work/bench_data/transplant")
+    ap.add_argument("--data", default=str(DEFAULT_ROOT))
     ap.add_argument("--speakers", default="D_cad,D,D_tim,F_awb,F_kal")
     ap.add_argument("--utterances", type=int, default=12)
     ap.add_argument("--references", type=int, default=6)
-    ap.add_argument("--timing", choices=("donor", "predicted"), default="predicted",
-                    help="durations of the reference syntheses (see prior_fit_gap)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="docs/results/cadence_source_choice.json")
     args = ap.parse_args(argv)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for spk in args.speakers.split(","):
             t0 = time.time()
             batches = donor_batches(root, spk, model, args.utterances, Path(tmp))
-            res = prior_fit_gap(model, batches, args.utterances, args.references, timing=args.timing)
+            res = prior_fit_gap(model, batches, args.utterances, args.references)
             rows[spk] = {**res.to_dict(), "seconds": time.time() - t0,
                          "expected": "mas" if spk in RECIPIENT_LIKE else "forced",
                          "chosen": "mas" if res.gap < threshold else "forced"}
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               f"margins {summary['margin_below']:.3f} below / {summary['margin_above']:.3f} above")
     out = {
         "recipient": str(root / "models" / "joe_regrown"), "utterances": args.utterances,
-        "references": args.references, "timing": args.timing, "unit": "nats per frame per channel", "summary": summary,
+        "references": args.references, "unit": "nats per frame per channel", "summary": summary,
         "speakers": rows, "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                       "threads": args.threads},
     }

@@ -70,7 +70,7 @@ def posterior_alignment(
     z_p = model.flow(z.float(), y_mask, g=g32).z  # [B, C, T_y]
     m_p, logs_p = text.m_p.float(), text.logs_p.float()  # [B, C, T_x]
     path = model.align(z_p, m_p, logs_p, text.mask.float(), y_mask)  # [B, T_x, T_y]
-    m_e, logs_e = torch.matmul(m_p, path), torch.matmul(logs_p, path)  # [B, C, T_y]
+    m_e, logs_e = model.expand_prior(path, m_p, logs_p)  # [B, C, T_y]
     z2 = ((z_p - m_e) * torch.exp(-logs_e)) ** 2  # [B, C, T_y]
     quad = (-0.5 * z2 * y_mask).sum(dim=(1, 2))  # [B]
     logdet = ((-logs_e - 0.5 * math.log(2 * math.pi)) * y_mask).sum(dim=(1, 2))  # [B]
@@ -132,28 +132,23 @@ class PriorFitGap:
         return dict(vars(self))
 
 
-def _speaker_vector(model: VITS, batch: Batch) -> torch.Tensor | None:
-    return model.speaker_vector(batch.speakers) if getattr(model, "speaker_embedding", None) is not None else None
-
-
 def _synthesis_batch(model: VITS, tokens: torch.Tensor, speaker: torch.Tensor | None, seed: int,
-                     durations: torch.Tensor | None = None, max_frames: int | None = None) -> Batch:
-    """The voice's own rendering of ``tokens`` [T_x] (seeded noise; ``durations`` [T_x] frames per
-    token, or the voice's predicted ones when None, scaled down to at most ``max_frames`` in all)
-    as a one-item batch."""
+                     max_frames: int | None = None) -> Batch:
+    """The voice's own rendering of ``tokens`` [T_x] (seeded noise, its own predicted durations,
+    scaled down to at most ``max_frames`` in all when given) as a one-item batch."""
     from ..audio import spectrogram
 
     device = tokens.device
     gen = torch.Generator().manual_seed(seed)
-    if durations is None:  # the voice's own timing, drawn as ``infer`` draws it (same generator order)
-        ids = tokens.view(1, -1)
-        g = model.speaker_vector(speaker.view(1) if speaker is not None else None)
-        enc = model.encode_text(ids, torch.tensor([ids.shape[1]], device=device))
-        durations = model.predict_durations(enc, g, model.config.noise_scale_w, model.config.length_scale, gen)[0]
-        if max_frames is not None and float(durations.sum()) > max_frames:
-            # an untrained or broken duration predictor can ask for minutes of audio: scale it down
-            durations = torch.floor(durations * (max_frames / float(durations.sum()))).clamp(min=1)
-    out = model.infer(tokens.view(1, -1), speaker=speaker, generator=gen, durations=durations.view(1, -1))
+    # the voice's own timing, drawn as ``infer`` draws it (same generator order)
+    ids = tokens.view(1, -1)
+    g = model.speaker_vector(speaker.view(1) if speaker is not None else None)
+    enc = model.encode_text(ids, torch.tensor([ids.shape[1]], device=device))
+    durations = model.predict_durations(enc, g, model.config.noise_scale_w, model.config.length_scale, gen)[0]
+    if max_frames is not None and float(durations.sum()) > max_frames:
+        # an untrained or broken duration predictor can ask for minutes of audio: scale it down
+        durations = torch.floor(durations * (max_frames / float(durations.sum()))).clamp(min=1)
+    out = model.infer(ids, speaker=speaker, generator=gen, durations=durations.view(1, -1))
     wav = out.audio[0, :, : int(out.audio_lengths[0])].float()  # [1, N]
     spec = spectrogram(wav, model.config.audio)  # [1, F, T_y]
     n = torch.tensor([tokens.shape[0]], device=device)
@@ -165,7 +160,7 @@ def _synthesis_batch(model: VITS, tokens: torch.Tensor, speaker: torch.Tensor | 
 
 @torch.no_grad()
 def prior_fit_gap(model: VITS, batches: Iterable[Batch], max_utterances: int = 12, references: int = 6,
-                  seed: int = 0, timing: str = "predicted") -> PriorFitGap:
+                  seed: int = 0) -> PriorFitGap:
     """The prior-fit gap of a donor (see the module's docstring).
 
     The model runs in eval mode and fp32 here (its modes are restored); nothing is trained.
@@ -177,12 +172,8 @@ def prior_fit_gap(model: VITS, batches: Iterable[Batch], max_utterances: int = 1
         max_utterances: donor utterances measured (posterior mean, no noise).
         references: how many of those utterances' token ids the voice synthesizes
             (``model.infer``, prior noise seeded ``seed + i``) for the reference fit.
-        seed: first seed of the reference syntheses.
-        timing: durations of the reference syntheses: ``"predicted"`` (the calibrated default)
-            the voice's duration predictor (its noise drawn from the same seed); ``"donor"`` the
-            donor utterance's own MAS durations (the reference then depends neither on the
-            duration predictor, which a cadence plan trains, nor on the donor's tempo; not
-            calibrated).
+        seed: first seed of the reference syntheses (timed by the voice's duration predictor,
+            its noise drawn from the same seed; at most 3x the donor utterance's frames).
 
     Raises:
         ValueError: no utterance in ``batches``.
@@ -191,13 +182,11 @@ def prior_fit_gap(model: VITS, batches: Iterable[Batch], max_utterances: int = 1
     model.eval()
     fits: list[float] = []
     fits_z: list[float] = []
-    if timing not in ("donor", "predicted"):
-        raise ValueError(f"timing must be 'donor' or 'predicted', got {timing!r}")
     texts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
     try:
         with torch.autocast(next(model.parameters()).device.type, enabled=False):
             for batch in batches:
-                res = posterior_alignment(model, batch, g=_speaker_vector(model, batch))
+                res = posterior_alignment(model, batch, g=model.speaker_vector(batch.speakers))
                 take = min(len(batch), max_utterances - len(fits))
                 fits += res.fit[:take].tolist()
                 fits_z += res.fit_z[:take].tolist()
@@ -213,9 +202,8 @@ def prior_fit_gap(model: VITS, batches: Iterable[Batch], max_utterances: int = 1
             ref, ref_z = [], []
             for i, (tokens, speaker, durations) in enumerate(texts):
                 # the reference is at most 3x as long as the donor's utterance of the same text
-                one = _synthesis_batch(model, tokens, speaker, seed + i, durations if timing == "donor" else None,
-                                       max_frames=3 * max(1, int(durations.sum())))
-                res = posterior_alignment(model, one, g=_speaker_vector(model, one))
+                one = _synthesis_batch(model, tokens, speaker, seed + i, max_frames=3 * max(1, int(durations.sum())))
+                res = posterior_alignment(model, one, g=model.speaker_vector(one.speakers))
                 ref.append(float(res.fit[0]))
                 ref_z.append(float(res.fit_z[0]))
     finally:
