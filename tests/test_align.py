@@ -314,3 +314,22 @@ def test_numba_buffers_follow_changing_shapes() -> None:
         path = maximum_path(log_p, mask, backend="numba")
         assert torch.equal(path, reference_path(log_p, mask)), (t_text, t_mel)
         check_path(path, t_x, t_y)
+
+
+def test_compiled_lengths_equal_the_torch_sums() -> None:
+    """The numba length reader gives the torch path's lengths (float32 and bool masks, and a
+    float mask whose sums need rounding) and flags the same invalid items."""
+    from vits_surgery.align.search import _lengths
+
+    g = torch.Generator().manual_seed(3)
+    t_x = torch.randint(0, 9, (6,), generator=g)
+    t_y = t_x + torch.randint(0, 5, (6,), generator=g)
+    t_y[t_x == 0] = 0
+    mask = make_mask(t_x.tolist(), t_y.tolist(), 9, 14)
+    soft = mask * 0.9 + 0.05 * torch.rand(mask.shape, generator=g)  # sums round to the same lengths
+    bad = make_mask([3, 5], [4, 4], 5, 6)  # item 1: 4 frames for 5 tokens
+    for m in (mask, mask.bool(), soft, bad, bad.bool()):
+        fast_x, fast_y, fast_ok = _lengths(m, compiled=True)
+        ref_x, ref_y, ref_ok = _lengths(m.double(), compiled=False)  # float64: the torch path
+        assert torch.equal(fast_x, ref_x) and torch.equal(fast_y, ref_y) and fast_ok == ref_ok
+    assert _lengths(bad, compiled=True)[2] is False and _lengths(mask, compiled=True)[2] is True

@@ -76,8 +76,9 @@ def maximum_path(log_p: torch.Tensor, mask: torch.Tensor, backend: str = "auto")
     """
     _check_inputs(log_p, mask)
     chosen = _resolve_backend(backend, log_p.device)
-    t_x, t_y = _lengths(mask)
-    _check_lengths(t_x, t_y)
+    t_x, t_y, valid = _lengths(mask, compiled=chosen == "numba")
+    if not valid:
+        _check_lengths(t_x, t_y)
     if log_p.numel() == 0:
         return torch.zeros_like(log_p, requires_grad=False)
     with torch.no_grad():
@@ -128,18 +129,30 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _lengths(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-item text and mel lengths as int64 CPU tensors ``[B]``."""
+def _lengths(mask: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per-item text and mel lengths as int64 CPU tensors ``[B]``, and False when some item
+    has no monotonic path (``_check_lengths`` then says which).
+
+    ``compiled``: read them with the numba kernel when the mask allows it (a contiguous CPU
+    float32 / bool tensor); the same sums, rounded the same way.
+    """
     n, t_text, t_mel = mask.shape
     if t_text == 0 or t_mel == 0:
         zeros = torch.zeros(n, dtype=torch.long)
-        return zeros, zeros.clone()
+        return zeros, zeros.clone(), True
+    if compiled and mask.device.type == "cpu" and mask.dtype in (torch.float32, torch.bool) and mask.is_contiguous():
+        from vits_surgery.align import _numba_kernels as kernels
+
+        t_x, t_y = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+        valid = kernels.mask_lengths(mask.detach().numpy(), t_x.numpy(), t_y.numpy())
+        return t_x, t_y, valid
     # two small copies, then NumPy: a few torch ops per call would cost more than the copies
     tokens = mask[:, :, 0].detach().to(device="cpu", dtype=torch.float64).numpy()
     frames = mask[:, 0, :].detach().to(device="cpu", dtype=torch.float64).numpy()
     t_x = np.rint(tokens.sum(1)).astype(np.int64)  # rint: round half to even, like torch.round
     t_y = np.rint(frames.sum(1)).astype(np.int64)
-    return torch.from_numpy(t_x), torch.from_numpy(t_y)
+    valid = not bool(((t_y < t_x) | ((t_x == 0) & (t_y > 0))).any())
+    return torch.from_numpy(t_x), torch.from_numpy(t_y), valid
 
 
 def _check_lengths(t_x: torch.Tensor, t_y: torch.Tensor) -> None:
