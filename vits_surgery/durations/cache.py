@@ -174,7 +174,9 @@ class ForcedDurations:
     it would depend on weights that exist only before the first step. A resumed run could not
     rebuild them (its predictor has moved), would miss the cache and compute other targets; with
     equal shares the entries depend on the audio, the transcript, the tokens and these settings
-    only, and a resumed run reads back exactly the targets of the first.
+    only, and a resumed run reads back exactly the targets of the first. Sharing by the
+    recipient's own durations instead changes little: the recipient spoke the donors' aligned
+    timings with either rule at about the same WER (``benchmarks/cadence/split_check.py``).
 
     An utterance the aligner cannot align (or that has no transcript) falls back to MAS
     (:class:`MASDurations`, ``mas_noise_scale``) for that utterance alone, with a warning;
