@@ -13,6 +13,8 @@ Rows per donor:
 - ``uniform``: the donor's timing, each unit's time shared equally among its tokens;
 - ``recipient``: the donor's timing, shared in proportion to joe's own predicted durations
   (noise-free, :func:`vits_surgery.durations.api.recipient_weights`);
+- ``words``: the aligner's word times only (its phone times dropped), each word's time
+  shared in proportion to joe's own predicted durations;
 - ``truth`` (festival donors, whose corpora keep each sentence's segment times): the
   synthesizer's own phone times instead of the aligner's, shared equally. Against ``uniform``
   it says what the aligner's errors cost; against ``own``, what the donor's timing itself costs.
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transplant"))
 from common import DEFAULT_ROOT, SAMPLE_RATE, load_joe, read_corpus  # noqa: E402
 
 RULES = ("uniform", "recipient")
+ROWS = ("truth", *RULES, "words")
 
 
 def truth_spans(wav: Path, segs_path: Path, text: str, sample_rate: int):
@@ -95,7 +98,7 @@ def share_stats(d: torch.Tensor, kinds) -> dict[str, float]:
     return out
 
 
-def run_donor(model, tokenizer, data: Path, donor: str, n: int) -> dict:
+def run_donor(model, tokenizer, data: Path, donor: str, n: int, wanted: tuple[str, ...] = ROWS) -> dict:
     from vits_surgery.audio import num_frames, save_wav
     from vits_surgery.durations import donor_durations
     from vits_surgery.durations.tokens import classify_tokens, token_durations
@@ -104,8 +107,8 @@ def run_donor(model, tokenizer, data: Path, donor: str, n: int) -> dict:
     items = read_corpus(data / donor / "test", n)
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        wavs: dict[str, list[Path]] = {k: [] for k in ("own", "truth", *RULES)}
-        shares: dict[str, list[dict]] = {k: [] for k in ("own", "truth", *RULES)}
+        wavs: dict[str, list[Path]] = {k: [] for k in ("own", *ROWS)}
+        shares: dict[str, list[dict]] = {k: [] for k in ("own", *ROWS)}
         t0 = time.time()
         for it in items:
             seed = int(it.id.split("-")[-1])
@@ -114,12 +117,27 @@ def run_donor(model, tokenizer, data: Path, donor: str, n: int) -> dict:
             audio, own = synth(model, ids, seed)
             targets = {"own": own}
             segs = data / donor / "test" / "segs" / f"{it.id}.json"
-            if segs.is_file():  # the synthesizer's own phone times, shared equally as "uniform" does
+            if "truth" in wanted and segs.is_file():  # the synthesizer's own phone times, shared equally as "uniform" does
                 spans, n_samples = truth_spans(it.wav, segs, it.text, SAMPLE_RATE)
                 cfg = model.config.audio
                 frames = num_frames(n_samples, cfg.n_fft, cfg.hop_length)
                 targets["truth"] = token_durations(tokenizer, ids, spans, frames, cfg.hop_length / cfg.sample_rate)
-            for rule in RULES:
+            if "words" in wanted:  # the aligner's word times only; inside a word joe's own shares
+                import soundfile as sf
+
+                from vits_surgery.durations.api import recipient_weights
+                from vits_surgery.durations.forced import forced_align
+                from vits_surgery.durations.segments import WordSpan
+
+                audio_d, sr = sf.read(str(it.wav), dtype="float32")
+                spans = [WordSpan(w.text, w.start, w.end) for w in forced_align(audio_d, sr, it.text)]
+                cfg = model.config.audio
+                frames = num_frames(audio_d.shape[0], cfg.n_fft, cfg.hop_length)
+                with torch.no_grad():
+                    weights = recipient_weights(model, ids)
+                targets["words"] = token_durations(tokenizer, ids, spans, frames, cfg.hop_length / cfg.sample_rate,
+                                                   weights)
+            for rule in [r for r in RULES if r in wanted]:
                 (d,) = donor_durations(model, [(it.wav, it.text)], source="forced", weights=rule)
                 if d is None:
                     raise SystemExit(f"{donor}/{it.id}: the forced aligner could not align it")
@@ -147,13 +165,14 @@ def main() -> None:
     ap.add_argument("--donors", default="F_kal,F_awb")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"rows besides 'own' (default: {','.join(ROWS)})")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_joe()
     out = {"command": "python benchmarks/cadence/split_check.py " + " ".join(sys.argv[1:]), "donors": []}
     for donor in args.donors.split(","):
-        r = run_donor(model, tokenizer, args.data, donor, args.n)
+        r = run_donor(model, tokenizer, args.data, donor, args.n, tuple(args.rows.split(",")))
         out["donors"].append(r)
         print(f"\n{donor} ({r['n']} test sentences)")
         print("| durations | WER | phones/s | frame share: phone / blank / separator / mark |")
