@@ -144,3 +144,10 @@ def test_donor_durations_contract(tmp_path: Path) -> None:
     assert int(out[0].sum()) == num_frames(len(load_audio(items[0][0])[0]), 256, 64)
     with pytest.raises(ValueError):
         donor_durations(model, items, source="guess")
+    # "words" (default) drops the aligner's phone times; "phones" keeps them: other targets
+    words = donor_durations(model, items, source="forced", weights="uniform")
+    phones = donor_durations(model, items, source="forced", weights="uniform", timing="phones")
+    assert [int(d.sum()) for d in words] == [int(d.sum()) for d in phones]
+    assert any(not torch.equal(a, b) for a, b in zip(words, phones, strict=True))
+    with pytest.raises(ValueError, match="timing must be"):
+        donor_durations(model, items, source="forced", timing="syllables")

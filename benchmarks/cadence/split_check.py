@@ -138,7 +138,7 @@ def run_donor(model, tokenizer, data: Path, donor: str, n: int, wanted: tuple[st
                 targets["words"] = token_durations(tokenizer, ids, spans, frames, cfg.hop_length / cfg.sample_rate,
                                                    weights)
             for rule in [r for r in RULES if r in wanted]:
-                (d,) = donor_durations(model, [(it.wav, it.text)], source="forced", weights=rule)
+                (d,) = donor_durations(model, [(it.wav, it.text)], source="forced", weights=rule, timing="phones")
                 if d is None:
                     raise SystemExit(f"{donor}/{it.id}: the forced aligner could not align it")
                 targets[rule] = d

@@ -126,6 +126,7 @@ def donor_durations(
     weights: str = "recipient",
     min_frames: int = 1,
     language: str = "en-us",
+    timing: str = "words",
 ) -> list[torch.Tensor | None]:
     """Integer frames per model token for each donor utterance.
 
@@ -166,6 +167,9 @@ def donor_durations(
             durations, ``"uniform"`` equally.
         min_frames: the fewest frames any token gets.
         language: espeak-ng voice that pronounces words missing from the aligner's dictionary.
+        timing: for ``"forced"``: ``"words"`` keeps the aligner's word and pause times and drops
+            its phone times (its least reliable output; as the cached cadence step does),
+            ``"phones"`` keeps them. TextGrids keep their phones.
 
     Returns:
         One ``LongTensor [T_text]`` (or ``None``) per utterance.
@@ -175,6 +179,8 @@ def donor_durations(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if timing not in ("words", "phones"):
+        raise ValueError(f"timing must be 'words' or 'phones', got {timing!r}")
     if weights not in ("recipient", "uniform"):
         raise ValueError(f"weights must be 'recipient' or 'uniform', got {weights!r}")
     if source == "textgrid" and textgrids is None:
@@ -202,6 +208,8 @@ def donor_durations(
 
             try:
                 spans = _word_spans(utt, source, cfg.sample_rate, textgrids, i, language)
+                if source == "forced" and timing == "words":
+                    spans = [WordSpan(w.text, w.start, w.end) for w in spans]
             except AlignmentError as err:
                 logger.warning("%s: %s; no durations for this utterance", utt.id, err)
                 out.append(None)

@@ -39,6 +39,7 @@ inconsistent file is reported with a warning and recomputed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -98,12 +99,17 @@ class SourceInputs:
         text: the frozen text encoder's output on ``batch`` (m_p, logs_p, mask [B, 1, T_x]).
         g: [B, gin, 1] speaker vector, or None.
         seeds: one integer per utterance, derived from its cache key, for sources that draw noise.
+        reference: [B, T_x] the recipient's own predicted durations (frames, noise-free, 0 on
+            padding) by its duration predictor as it was before training
+            (:attr:`DurationCache.reference`), for a source whose ``uses_reference`` is true;
+            otherwise None.
     """
 
     batch: Batch
     text: TextEncoderOutput
     g: torch.Tensor | None
     seeds: list[int]
+    reference: torch.Tensor | None = None
 
 
 class DurationSource(Protocol):
@@ -168,15 +174,20 @@ class ForcedDurations:
     exactly to the utterance's spectrogram frames. Right for a donor the recipient never heard,
     where MAS through the recipient's own posterior misplaces the boundaries. English only.
 
-    Inside one aligned phone (its blank, stress mark and the phone itself), the time is shared
-    **equally**, not by the recipient's predicted durations as :func:`donor_durations` does by
-    default: the duration predictor is the organ a cadence plan trains, so durations weighted by
-    it would depend on weights that exist only before the first step. A resumed run could not
-    rebuild them (its predictor has moved), would miss the cache and compute other targets; with
-    equal shares the entries depend on the audio, the transcript, the tokens and these settings
-    only, and a resumed run reads back exactly the targets of the first. Sharing by the
-    recipient's own durations instead changes little: the recipient spoke the donors' aligned
-    timings with either rule at about the same WER (``benchmarks/cadence/split_check.py``).
+    **What is taken from the aligner** (``timing``): by default (``"words"``) the times of the
+    words and of the pauses between them only; each word's time is shared among its tokens in
+    proportion to the recipient's own predicted durations. The aligner's phone boundaries are
+    its least reliable output, the more so for an accent its US English models do not know:
+    the recipient speaking a Scottish donor's aligned timings lost 4.5 fewer WER points with
+    word times than with phone times, and the same on a US donor
+    (``benchmarks/cadence/split_check.py``, docs/benchmarks.md). ``"phones"`` keeps the
+    aligner's phone times, each phone's time shared equally among its tokens (the first
+    version of this source).
+
+    The recipient's predicted durations come from its duration predictor *as it was before
+    training* (:attr:`DurationCache.reference`, a frozen copy that the trainer keeps in its
+    checkpoints), never from the predictor being trained, so a resumed run rebuilds exactly the
+    targets of the first.
 
     An utterance the aligner cannot align (or that has no transcript) falls back to MAS
     (:class:`MASDurations`, ``mas_noise_scale``) for that utterance alone, with a warning;
@@ -187,6 +198,7 @@ class ForcedDurations:
         language: espeak-ng voice that pronounces words missing from the aligner's dictionary.
         min_frames: the fewest frames a token gets.
         mas_noise_scale: posterior noise of the MAS fallback.
+        timing: ``"words"`` or ``"phones"``, what is taken from the aligner (above).
 
     Attributes:
         fallbacks: utterances that fell back to MAS (over this object's lifetime).
@@ -196,13 +208,23 @@ class ForcedDurations:
     language: str = "en-us"
     min_frames: int = 1
     mas_noise_scale: float = 1.0
+    timing: str = "words"
     fallbacks: int = field(default=0, compare=False)
     aligned: int = field(default=0, compare=False)
     name: ClassVar[str] = "forced"
     reads: ClassVar[tuple[str, ...]] = ("speaker_embedding", "posterior_encoder", "flow")
 
+    def __post_init__(self) -> None:
+        if self.timing not in ("words", "phones"):
+            raise ValueError(f"timing must be 'words' or 'phones', got {self.timing!r}")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the durations read the recipient's predicted durations (``SourceInputs.reference``)."""
+        return self.timing == "words"
+
     def settings(self) -> dict[str, Any]:
-        """Aligner, its passes and version, the share inside a phone, the fallback."""
+        """Aligner, its passes and version, what is taken from it and how it is shared, the fallback."""
         from importlib.metadata import PackageNotFoundError, version
 
         from .forced import PASSES, TRIM_MARGINS
@@ -213,7 +235,8 @@ class ForcedDurations:
             aligner = "pocketsphinx (not installed)"
         return {
             "aligner": aligner, "passes": [repr(p) for p in PASSES], "trim_margins": list(TRIM_MARGINS),
-            "language": self.language, "weights": "uniform", "min_frames": int(self.min_frames),
+            "language": self.language, "timing": self.timing,
+            "weights": "recipient" if self.uses_reference else "uniform", "min_frames": int(self.min_frames),
             "fallback": "mas", "mas_noise_scale": float(self.mas_noise_scale),
         }
 
@@ -221,10 +244,12 @@ class ForcedDurations:
         """Aligned and fallen-back utterance counts (for the run log)."""
         return {"aligned": self.aligned, "fallbacks": self.fallbacks}
 
-    def _one(self, model: VITS, batch: Batch, i: int) -> torch.Tensor:
-        """[n] frames per token of item ``i`` by forced alignment (raises when it cannot)."""
+    def _one(self, model: VITS, batch: Batch, i: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[n] frames per token of item ``i`` by forced alignment (raises when it cannot);
+        ``weights`` [n] share each unit's time (equal shares when None)."""
         from ..text import Tokenizer
         from .forced import forced_align
+        from .segments import WordSpan
         from .tokens import token_durations
 
         if not batch.texts or not batch.texts[i].strip():
@@ -233,9 +258,11 @@ class ForcedDurations:
         n, frames = int(batch.token_lengths[i]), int(batch.spec_lengths[i])
         wav = batch.wav[i].reshape(-1)[: int(batch.wav_lengths[i])].detach().float().cpu().numpy()
         spans = forced_align(wav, audio.sample_rate, batch.texts[i], language=self.language)
+        if self.timing == "words":  # the word and pause times; the phone times are dropped
+            spans = [WordSpan(w.text, w.start, w.end) for w in spans]
         tokenizer = Tokenizer.from_config(model.config)
         ids = batch.tokens[i, :n].tolist()
-        d = token_durations(tokenizer, ids, spans, frames, audio.hop_length / audio.sample_rate, None, self.min_frames)
+        d = token_durations(tokenizer, ids, spans, frames, audio.hop_length / audio.sample_rate, weights, self.min_frames)
         if int(d.sum()) != frames or d.shape[0] != n or bool((d < 0).any()):
             raise ValueError(f"the mapping gave {int(d.sum())} frames over {d.shape[0]} tokens, expected {frames} over {n}")
         return d
@@ -246,9 +273,14 @@ class ForcedDurations:
         batch = inputs.batch
         out = torch.zeros(len(batch), batch.tokens.shape[1], dtype=torch.long)
         failed = []
+        if self.uses_reference and inputs.reference is None:
+            raise ValueError("ForcedDurations(timing='words') needs SourceInputs.reference (the recipient's "
+                             "predicted durations; DurationCache provides them)")
         for i in range(len(batch)):
+            n = int(batch.token_lengths[i])
+            weights = inputs.reference[i, :n].detach().double().cpu() if self.uses_reference else None
             try:
-                out[i, : int(batch.token_lengths[i])] = self._one(model, batch, i)
+                out[i, :n] = self._one(model, batch, i, weights)
                 self.aligned += 1
             except Exception as err:  # noqa: BLE001 - any failure of the aligner or the mapping falls back
                 uid = batch.ids[i] if batch.ids else f"item {i}"
@@ -322,6 +354,7 @@ class AutoDurations:
     max_utterances: int = 12
     references: int = 6
     mas_noise_scale: float = 1.0
+    timing: str = "words"
     choice: str | None = field(default=None, compare=False)
     measurement: Any = field(default=None, compare=False)
     reason: str = field(default="", compare=False)
@@ -333,6 +366,11 @@ class AutoDurations:
     def decided(self) -> bool:
         """Whether :meth:`decide` has chosen a source."""
         return self.choice is not None
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the chosen source reads the recipient's predicted durations."""
+        return bool(getattr(self.delegate, "uses_reference", False))
 
     def measure(self, model: VITS, batches: Iterable[Batch]):
         """The donor's prior-fit gap on up to ``max_utterances`` utterances of ``batches``."""
@@ -364,7 +402,7 @@ class AutoDurations:
     def _choose(self, choice: str) -> str:
         self.choice = choice
         self.delegate = MASDurations(self.mas_noise_scale) if choice == "mas" else ForcedDurations(
-            mas_noise_scale=self.mas_noise_scale)
+            mas_noise_scale=self.mas_noise_scale, timing=self.timing)
         return choice
 
     def _chosen(self) -> Any:
@@ -511,11 +549,16 @@ class DurationCache:
     Attributes:
         stats: ``computed`` / ``loaded`` / ``corrupt`` entries, ``compute_seconds`` (wall) and
             ``audio_seconds`` (of the computed utterances).
+        reference: a frozen copy of the model's duration predictor as it was when the cache was
+            made (before any training step), for sources that share time by the recipient's own
+            durations (``uses_reference``); its weights are in the key of their entries.
+            :meth:`reference_state` / :meth:`load_reference_state` carry it through a checkpoint.
     """
 
     def __init__(self, model: VITS, source: str | DurationSource = "auto", cache_dir: str | Path | None = None) -> None:
         self.model = model
         self.source = resolve_source(source)
+        self.reference = copy.deepcopy(model.duration_predictor).requires_grad_(False).eval()
         self.root = Path(cache_dir) if cache_dir is not None else cache_root()
         self.items: dict[str, CachedUtterance] = {}
         self._index: dict[tuple, list[tuple[float, str]]] = {}
@@ -546,12 +589,30 @@ class DurationCache:
             decide(self.model, batches)
             self._fingerprint = None
 
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the source reads :attr:`reference` (so its weights are in the key)."""
+        return bool(getattr(self.source, "uses_reference", False))
+
+    def reference_state(self) -> dict[str, torch.Tensor]:
+        """The weights of :attr:`reference` (CPU copies), for a checkpoint."""
+        return {k: v.detach().cpu().clone() for k, v in self.reference.state_dict().items()}
+
+    def load_reference_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :attr:`reference` from :meth:`reference_state`: a resumed run keeps the
+        targets of the first even when its model was built from a trained checkpoint."""
+        self.reference.load_state_dict(dict(state))
+        self.reset()
+
     def fingerprint(self) -> str:
-        """sha256 of :meth:`settings` and of the weights of :attr:`organs` (computed once)."""
+        """sha256 of :meth:`settings` and of the weights of :attr:`organs` (and of
+        :attr:`reference` when the source reads it), computed once."""
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode())
-            for organ in self.organs:
-                module = getattr(self.model, organ, None)
+            modules = [(organ, getattr(self.model, organ, None)) for organ in self.organs]
+            if self.uses_reference:
+                modules.append(("reference_duration_predictor", self.reference))
+            for organ, module in modules:
                 for name, tensor in sorted(module.state_dict().items()) if module is not None else ():
                     digest.update(f"{organ}.{name}".encode())
                     digest.update(_tensor_bytes(tensor))
@@ -662,7 +723,8 @@ class DurationCache:
                 g = model.speaker_vector(sub.speakers)  # [B, gin, 1] or None
                 text = model.encode_text(sub.tokens, sub.token_lengths)
                 seeds = [int(key[:15], 16) for key in keys]
-                durations = self.source(model, SourceInputs(sub, text, g, seeds))  # [B, T_x]
+                reference = self._reference_durations(text, g) if self.uses_reference else None
+                durations = self.source(model, SourceInputs(sub, text, g, seeds, reference))  # [B, T_x]
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -679,6 +741,12 @@ class DurationCache:
         self.stats["computed"] += len(idx)
         self.stats["audio_seconds"] += float(sub.spec_lengths.sum()) * audio.hop_length / audio.sample_rate
         self.stats["compute_seconds"] += time.perf_counter() - start
+
+    def _reference_durations(self, text: TextEncoderOutput, g: torch.Tensor | None) -> torch.Tensor:
+        """[B, T_x] frames per token predicted by :attr:`reference` without noise (0 on padding)."""
+        reference = self.reference.to(text.hidden.device)
+        logw = reference.infer(text.hidden, text.mask, g=self.model._dp_g(g), noise_scale=0.0)  # [B, 1, T_x]
+        return (torch.exp(logw) * text.mask)[:, 0]
 
     def _load(self, key: str, n_tokens: int) -> CachedUtterance | None:
         """The entry on disk, or None when absent; a broken entry is reported and ignored."""

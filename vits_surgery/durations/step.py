@@ -200,6 +200,18 @@ class CadenceStep:
             stats["computed"], per_minute, stats["loaded"], self.cache.root,
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the reference duration predictor whose durations share each
+        aligned word's time among its tokens (only for a source that reads it, or may)."""
+        if not self.cache.uses_reference and getattr(self.cache.source, "decided", True):
+            return {}
+        return {"reference_duration_predictor": self.cache.reference_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (before :meth:`prepare`, as ``fit(resume=...)`` does)."""
+        if state.get("reference_duration_predictor"):
+            self.cache.load_reference_state(state["reference_duration_predictor"])
+
     def losses(self, batch: Batch, noise: TrainNoise | None = None) -> dict[str, torch.Tensor]:
         """``{"gen/dur": loss}`` from the duration predictor alone (fp32, as in the full step).
 

@@ -449,7 +449,8 @@ class SurgicalTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Optimizers, schedulers, scaler, counters, RNG states and data position."""
+        """Optimizers, schedulers, scaler, counters, RNG states, data position, and the cached
+        cadence step's reference duration predictor."""
         return {
             "step": self.step,
             "data": self.stream.state_dict(),
@@ -460,6 +461,7 @@ class SurgicalTrainer:
             "rng": runtime.rng_state(self.rng),
             "plan": self.plan.to_json(),
             "train_config": json.dumps(self.config.to_dict()),
+            "cadence": self.cadence.state_dict() if self.cadence is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -479,6 +481,8 @@ class SurgicalTrainer:
         self.stream.load_state_dict(state["data"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         runtime.set_rng_state(state["rng"], self.rng)
+        if self.cadence is not None and state.get("cadence"):
+            self.cadence.load_state_dict(state["cadence"])
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
         """Write model + trainer state atomically (rank 0); prune to ``keep_last``."""
