@@ -151,13 +151,18 @@ def _lengths(mask: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, 
     frames = mask[:, 0, :].detach().to(device="cpu", dtype=torch.float64).numpy()
     t_x = np.rint(tokens.sum(1)).astype(np.int64)  # rint: round half to even, like torch.round
     t_y = np.rint(frames.sum(1)).astype(np.int64)
-    valid = not bool(((t_y < t_x) | ((t_x == 0) & (t_y > 0))).any())
-    return torch.from_numpy(t_x), torch.from_numpy(t_y), valid
+    return torch.from_numpy(t_x), torch.from_numpy(t_y), _bad_items(t_x, t_y).size == 0
+
+
+def _bad_items(t_x: np.ndarray, t_y: np.ndarray) -> np.ndarray:
+    """Indices of the items without a monotonic path: fewer frames than tokens, or frames and
+    no token (the compiled ``mask_lengths`` applies the same rule)."""
+    return np.flatnonzero((t_y < t_x) | ((t_x == 0) & (t_y > 0)))
 
 
 def _check_lengths(t_x: torch.Tensor, t_y: torch.Tensor) -> None:
     tx, ty = t_x.numpy(), t_y.numpy()
-    bad = np.flatnonzero((ty < tx) | ((tx == 0) & (ty > 0)))
+    bad = _bad_items(tx, ty)
     if bad.size == 0:
         return
     b = int(bad[0])
