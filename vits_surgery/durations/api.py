@@ -60,10 +60,10 @@ def _from_items(model: Any, items: Iterable[Any]) -> Iterable[DonorUtterance]:
 @torch.no_grad()
 def recipient_weights(model: Any, tokens: Sequence[int]) -> torch.Tensor:
     """The recipient's own predicted durations [T] (frames, not rounded, no noise)."""
+    from .cache import predicted_durations
+
     x = torch.tensor([list(tokens)], dtype=torch.long)
-    enc = model.encode_text(x, torch.tensor([x.shape[1]]))
-    logw = model.duration_predictor.infer(enc.hidden, enc.mask, g=None, noise_scale=0.0)  # [1, 1, T]
-    return torch.exp(logw)[0, 0].double()
+    return predicted_durations(model, model.encode_text(x, torch.tensor([x.shape[1]])))[0].double()
 
 
 def _one_batch(model: Any, utt: DonorUtterance) -> Any:

@@ -72,6 +72,7 @@ __all__ = [
     "MASDurations",
     "SourceInputs",
     "cache_root",
+    "predicted_durations",
     "forced_available",
     "resolve_source",
 ]
@@ -451,6 +452,17 @@ def resolve_source(source: str | DurationSource) -> DurationSource:
     return source
 
 
+def predicted_durations(
+    model: VITS, text: TextEncoderOutput, g: torch.Tensor | None = None, predictor: torch.nn.Module | None = None
+) -> torch.Tensor:
+    """[B, T_x] frames per token (not rounded, noise-free, 0 on padding) that ``predictor``
+    (default: the model's own duration predictor) gives for ``text``; ``g`` as the model
+    conditions its duration predictor (:meth:`~vits_surgery.models.vits.VITS._dp_g`)."""
+    predictor = model.duration_predictor if predictor is None else predictor
+    logw = predictor.infer(text.hidden, text.mask, g=model._dp_g(g), noise_scale=0.0)  # [B, 1, T_x]
+    return (torch.exp(logw) * text.mask)[:, 0]
+
+
 # ----------------------------------------------------------------------------- entries
 @dataclass
 class CachedUtterance:
@@ -744,9 +756,7 @@ class DurationCache:
 
     def _reference_durations(self, text: TextEncoderOutput, g: torch.Tensor | None) -> torch.Tensor:
         """[B, T_x] frames per token predicted by :attr:`reference` without noise (0 on padding)."""
-        reference = self.reference.to(text.hidden.device)
-        logw = reference.infer(text.hidden, text.mask, g=self.model._dp_g(g), noise_scale=0.0)  # [B, 1, T_x]
-        return (torch.exp(logw) * text.mask)[:, 0]
+        return predicted_durations(self.model, text, g, self.reference.to(text.hidden.device))
 
     def _load(self, key: str, n_tokens: int) -> CachedUtterance | None:
         """The entry on disk, or None when absent; a broken entry is reported and ignored."""
