@@ -72,8 +72,8 @@ __all__ = [
     "MASDurations",
     "SourceInputs",
     "cache_root",
-    "predicted_durations",
     "forced_available",
+    "predicted_durations",
     "resolve_source",
 ]
 
