@@ -43,8 +43,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transplant"))
 from common import DEFAULT_ROOT, SAMPLE_RATE, load_joe, read_corpus  # noqa: E402
 
-RULES = ("uniform", "recipient")
-ROWS = ("truth", *RULES, "words")
+# the rows from the forced aligner: donor_durations(weights=..., timing=...)
+ALIGNED = {"uniform": ("uniform", "phones"), "recipient": ("recipient", "phones"), "words": ("recipient", "words")}
+ROWS = ("truth", *ALIGNED)
 
 
 def truth_spans(wav: Path, segs_path: Path, text: str, sample_rate: int):
@@ -122,26 +123,12 @@ def run_donor(model, tokenizer, data: Path, donor: str, n: int, wanted: tuple[st
                 cfg = model.config.audio
                 frames = num_frames(n_samples, cfg.n_fft, cfg.hop_length)
                 targets["truth"] = token_durations(tokenizer, ids, spans, frames, cfg.hop_length / cfg.sample_rate)
-            if "words" in wanted:  # the aligner's word times only; inside a word joe's own shares
-                import soundfile as sf
-
-                from vits_surgery.durations.api import recipient_weights
-                from vits_surgery.durations.forced import forced_align
-                from vits_surgery.durations.segments import WordSpan
-
-                audio_d, sr = sf.read(str(it.wav), dtype="float32")
-                spans = [WordSpan(w.text, w.start, w.end) for w in forced_align(audio_d, sr, it.text)]
-                cfg = model.config.audio
-                frames = num_frames(audio_d.shape[0], cfg.n_fft, cfg.hop_length)
-                with torch.no_grad():
-                    weights = recipient_weights(model, ids)
-                targets["words"] = token_durations(tokenizer, ids, spans, frames, cfg.hop_length / cfg.sample_rate,
-                                                   weights)
-            for rule in [r for r in RULES if r in wanted]:
-                (d,) = donor_durations(model, [(it.wav, it.text)], source="forced", weights=rule, timing="phones")
+            for row in [r for r in ALIGNED if r in wanted]:
+                weights, timing = ALIGNED[row]
+                (d,) = donor_durations(model, [(it.wav, it.text)], source="forced", weights=weights, timing=timing)
                 if d is None:
                     raise SystemExit(f"{donor}/{it.id}: the forced aligner could not align it")
-                targets[rule] = d
+                targets[row] = d
             for name, d in targets.items():
                 a = audio if name == "own" else synth(model, ids, seed, d)[0]
                 wavs[name].append(Path(tmp) / f"{name}_{it.id}.wav")
