@@ -52,7 +52,7 @@ from vits_surgery.models.vits import VITS
 from vits_surgery.text.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from machine import coqui_python, cpu_name  # noqa: E402
 
 # The LJSpeech sentence list, one sentence per line (see docs/results/README.md)
 DEFAULT_SENTENCES = Path(
@@ -291,16 +291,6 @@ def part_joe(args) -> dict:
     return result
 
 
-def coqui_python(args) -> str | None:
-    if args.coqui_python:
-        return args.coqui_python
-    try:
-        import TTS  # noqa: F401
-    except ImportError:
-        return None
-    return sys.executable
-
-
 def part_coqui(args) -> dict:
     cfg = preset("coqui_vits")
     torch.manual_seed(0)
@@ -328,7 +318,7 @@ def part_coqui(args) -> dict:
     sr = cfg.audio.sample_rate
     rows = [summarize(c.name, c.runtime, c.runs, sr, False) for c in cands]
     result = {"sentence": COQUI_SENTENCE, "token_count": len(ids), "frames_per_token": args.frames_per_token}
-    python = coqui_python(args)
+    python = coqui_python(args.coqui_python)
     if python is None:
         result["coqui_error"] = (
             "Coqui TTS is not importable here and no --coqui-python was given "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 
 
@@ -15,3 +16,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def coqui_python(given: str | None) -> str | None:
+    """The Python that runs a benchmark's Coqui part: ``given`` (``--coqui-python``), else this
+    Python when it imports Coqui TTS, else None (the part is not measured)."""
+    if given:
+        return given
+    try:
+        import TTS  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable

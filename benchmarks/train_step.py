@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from machine import coqui_python, cpu_name  # noqa: E402
 
 LENGTHS = (66150, 63945, 61740, 59535)
 TOKENS = (91, 87, 83, 79)
@@ -309,16 +309,6 @@ class CoquiProcess:
         return out
 
 
-def coqui_python(args: argparse.Namespace) -> str | None:
-    if args.coqui_python:
-        return args.coqui_python
-    try:
-        import TTS  # noqa: F401
-    except ImportError:
-        return None
-    return sys.executable
-
-
 def time_plans(args: argparse.Namespace, coqui_py: str | None = None) -> tuple[dict[str, dict], dict]:
     """Round-robin timing of every plan in this process, and of the Coqui variants in the harness
     run by ``coqui_py`` (each round: our plans, then Coqui's). Returns our results and the Coqui
@@ -557,7 +547,7 @@ def main() -> None:
         if args.preset != "coqui_vits":
             coqui_missing = f"the Coqui part compares the coqui_vits preset only, not {args.preset}"
         else:
-            coqui_py = coqui_python(args)
+            coqui_py = coqui_python(args.coqui_python)
             if coqui_py is None:
                 coqui_missing = (
                     "Coqui TTS is not importable here and no --coqui-python was given "
