@@ -33,6 +33,9 @@ Usage::
 ``--save <dir>`` writes the recipient with the fitted predictor to ``<data>/<dir>/final`` (plus a
 ``result.json`` from the donor's ``cadence_<donor>_words`` run if present), so ``report.py`` and
 ``rhythm.py`` can render and score it. Targets are cached in ``<data>/eval/rhythm_fit/<donor>.pt``.
+For a festival donor (its corpus keeps the synthesizer's segment times) the test sentences are
+also scored against the true word times: that separates what the targets lose (the aligner)
+from what the fit loses.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transplant"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rhythm  # noqa: E402
 from common import DEFAULT_ROOT, read_corpus  # noqa: E402
 
@@ -140,13 +144,42 @@ def profile(model, rows: list[dict]) -> tuple[dict, dict, float]:
     return out, tgt, num / den
 
 
-def score(model, recipient, rows: list[dict]) -> dict:
+def score(model, recipient, rows: list[dict], truth: dict | None = None) -> dict:
+    """Distance and closure to the targets (and, given ``truth`` profiles, to the synthesizer's
+    own word times: ``truth_distance``, ``truth_closure``)."""
     mine, tgt, frames = profile(model, rows)
     base, _, _ = profile(recipient, rows)
     d_base = rhythm.compare(base, tgt)["distance"]
     c = rhythm.compare(mine, tgt)
-    return {"distance": c["distance"], "closure": rhythm.closure(d_base, c["distance"]),
-            "corr_within": c["corr_within"], "frames_over_target": frames}
+    out = {"distance": c["distance"], "closure": rhythm.closure(d_base, c["distance"]),
+           "corr_within": c["corr_within"], "frames_over_target": frames}
+    if truth:
+        t_base = rhythm.compare(base, truth)["distance"]
+        out.update(truth_distance=rhythm.compare(mine, truth)["distance"],
+                   truth_closure=rhythm.closure(t_base, rhythm.compare(mine, truth)["distance"]))
+    return out
+
+
+def truth_profiles(root: Path, donor: str, rows: list[dict]) -> dict[str, dict]:
+    """Word values from the synthesizer's own segment times (festival donors keep them in
+    ``<donor>/test/segs``; ``split_check.truth_spans`` assigns phones to words), for the test
+    sentences whose words match; empty for other donors."""
+    from common import SAMPLE_RATE
+    from split_check import truth_spans
+
+    items = {it.id: it for it in read_corpus(root / donor / "test")}
+    out = {}
+    for r in rows:
+        segs = root / donor / "test" / "segs" / f"{r['id']}.json"
+        if not segs.is_file():
+            continue
+        spans, _ = truth_spans(items[r["id"]].wav, segs, items[r["id"]].text, SAMPLE_RATE)
+        if [s.text for s in spans] != r["words"]:
+            continue
+        wd = np.maximum([s.end - s.start for s in spans], 1e-3)
+        out[r["id"]] = {"words": r["words"], "values": rhythm.word_values(wd, r["phones"]).tolist(),
+                        "pause_fraction": 0.0, "final_lengthening": 0.0}
+    return out
 
 
 def word_terms(logw: torch.Tensor, d: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -225,16 +258,26 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, args.lr_end ** (1 / max(1, args.steps)))
     gen = torch.Generator().manual_seed(1234 + args.seed)
     history, t0 = [], time.time()
+    truth = truth_profiles(args.data, args.donor, test)
+    if truth:  # how far the targets themselves are from the donor's true word times
+        _, tgt, _ = profile(recipient, test)
+        base, _, _ = profile(recipient, test)
+        t_base = rhythm.compare(base, truth)["distance"]
+        t_tgt = rhythm.compare(tgt, truth)["distance"]
+        print(f"truth ({len(truth)} test sentences): recipient {t_base:.3f}, targets {t_tgt:.3f} "
+              f"(closure {rhythm.closure(t_base, t_tgt):+.2f})", flush=True)
 
     def evaluate(step: int) -> None:
         dp.eval()
         row = {"step": step, "seconds": time.time() - t0, "train": score(model, recipient, train[:40]),
-               "test": score(model, recipient, test)}
+               "test": score(model, recipient, test, truth)}
         history.append(row)
         tr, te = row["train"], row["test"]
         print(f"step {step:4d} ({row['seconds']:.0f} s)  train: dist {tr['distance']:.3f} closure {tr['closure']:+.2f}"
               f"  |  test: dist {te['distance']:.3f} closure {te['closure']:+.2f} c_in {te['corr_within']:.3f}"
-              f" frames/target {te['frames_over_target']:.3f}", flush=True)
+              f" frames/target {te['frames_over_target']:.3f}"
+              + (f"  |  vs truth: dist {te['truth_distance']:.3f} closure {te['truth_closure']:+.2f}" if truth else ""),
+              flush=True)
 
     evaluate(0)
     if args.steps == 0:
