@@ -263,6 +263,8 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, settings: De
         *[f"  {r['voice']:<24}{r['phones/s']:>10.2f}{r['vs recipient']:>14.3f}" for r in rows],
         "",
         f"  the speaking rate moved {100 * moved:.0f}% of the way to the donor's (log ratio)",
+        *(["  (quick: a smoke run of the pipeline at tiny sizes; its rate figure is not a result)"]
+          if quick and settings is None else []),
         f"  WAVs: {out / 'wavs'}   report: {html}",
     ]
     summary = "\n".join(lines)
