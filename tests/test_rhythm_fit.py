@@ -64,3 +64,11 @@ def test_word_units_cover_each_word_and_leave_the_gaps(name: str) -> None:
 
 def test_gap_units_number_each_pause_run() -> None:
     assert rhythm_fit.gap_units([-1, 0, 0, -1, -1, 1, -1], 2) == [2, 0, 0, 3, 3, 1, 4]
+
+
+def test_word_terms_with_pause_units_add_a_frame_to_both_sides() -> None:
+    units = torch.tensor([rhythm_fit.gap_units([0, 0, -1, 1], 2), [0, 0, -1, -1]])
+    units[1, 2:] = -1  # padding stays out
+    loss = rhythm_fit.word_terms(torch.log(PRED), DURATIONS, units, plus=1.0)
+    counted = [(2.5 + 4.5 + 1, 9.0), (1.5 + 1, 10.0), (3.5 + 1, 5.0), (1.5 + 1.5 + 1, 9.0)]  # words, the pause
+    assert loss.item() == pytest.approx(sum(math.log(p / t) ** 2 for p, t in counted) / 4, rel=1e-6)

@@ -91,8 +91,9 @@ def word_units(tokenizer, ids: list[int], words: list[str]) -> list[int]:
     (as ``token_durations`` shares time); separators, punctuation, BOS/EOS and their blanks: -1."""
     from vits_surgery.durations.tokens import classify_tokens, token_word_index
 
-    kinds = classify_tokens(tokenizer, ids).kinds
-    phone_word = token_word_index(tokenizer, classify_tokens(tokenizer, ids), words)
+    token_kinds = classify_tokens(tokenizer, ids)
+    kinds = token_kinds.kinds
+    phone_word = token_word_index(tokenizer, token_kinds, words)
     n = len(kinds)
     out = [w if (w is not None and kinds[k] == "phone") else -1 for k, w in enumerate(phone_word)]
     for k, kind in enumerate(kinds):
@@ -144,11 +145,11 @@ def profile(model, rows: list[dict]) -> tuple[dict, dict, float]:
     return out, tgt, num / den
 
 
-def score(model, recipient, rows: list[dict], truth: dict | None = None) -> dict:
+def score(model, base: dict, rows: list[dict], truth: dict | None = None) -> dict:
     """Distance and closure to the targets (and, given ``truth`` profiles, to the synthesizer's
-    own word times: ``truth_distance``, ``truth_closure``)."""
+    own word times: ``truth_distance``, ``truth_closure``); ``base``: the recipient's profiles of
+    ``rows`` (:func:`profile`), the closures' reference."""
     mine, tgt, frames = profile(model, rows)
-    base, _, _ = profile(recipient, rows)
     d_base = rhythm.compare(base, tgt)["distance"]
     c = rhythm.compare(mine, tgt)
     out = {"distance": c["distance"], "closure": rhythm.closure(d_base, c["distance"]),
@@ -182,14 +183,15 @@ def truth_profiles(root: Path, donor: str, rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def word_terms(logw: torch.Tensor, d: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch's words of the squared log error of word lengths (a word's predicted
-    length: the sum over its tokens of ``exp(logw) + 0.5`` frames)."""
+def word_terms(logw: torch.Tensor, d: torch.Tensor, units: torch.Tensor, plus: float = 0.0) -> torch.Tensor:
+    """Mean over the batch's units (``units >= 0``; words, or words and pauses) of the squared log
+    error of their lengths plus ``plus`` frames (a unit's predicted length: the sum over its
+    tokens of ``exp(logw) + 0.5`` frames)."""
     keep = units >= 0
     n_words = int(units.max()) + 1
     index = torch.where(keep, units, torch.full_like(units, n_words))
-    pred = torch.zeros(units.shape[0], n_words + 1).scatter_add(1, index, (torch.exp(logw) + 0.5) * keep)
-    tgt = torch.zeros_like(pred).scatter_add(1, index, d * keep)
+    pred = torch.zeros(units.shape[0], n_words + 1).scatter_add(1, index, (torch.exp(logw) + 0.5) * keep) + plus
+    tgt = torch.zeros_like(pred).scatter_add(1, index, d * keep) + plus
     used = torch.zeros_like(pred).scatter_add(1, index, keep.float())[:, :n_words] > 0
     return ((torch.log(pred[:, :n_words].clamp_min(1e-3)) - torch.log(tgt[:, :n_words].clamp_min(0.5)))[used] ** 2).mean()
 
@@ -259,18 +261,18 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1234 + args.seed)
     history, t0 = [], time.time()
     truth = truth_profiles(args.data, args.donor, test)
+    base_train, _, _ = profile(recipient, train[:40])  # the recipient's, once: the closures' reference
+    base_test, tgt_test, _ = profile(recipient, test)
     if truth:  # how far the targets themselves are from the donor's true word times
-        _, tgt, _ = profile(recipient, test)
-        base, _, _ = profile(recipient, test)
-        t_base = rhythm.compare(base, truth)["distance"]
-        t_tgt = rhythm.compare(tgt, truth)["distance"]
+        t_base = rhythm.compare(base_test, truth)["distance"]
+        t_tgt = rhythm.compare(tgt_test, truth)["distance"]
         print(f"truth ({len(truth)} test sentences): recipient {t_base:.3f}, targets {t_tgt:.3f} "
               f"(closure {rhythm.closure(t_base, t_tgt):+.2f})", flush=True)
 
     def evaluate(step: int) -> None:
         dp.eval()
-        row = {"step": step, "seconds": time.time() - t0, "train": score(model, recipient, train[:40]),
-               "test": score(model, recipient, test, truth)}
+        row = {"step": step, "seconds": time.time() - t0, "train": score(model, base_train, train[:40]),
+               "test": score(model, base_test, test, truth)}
         history.append(row)
         tr, te = row["train"], row["test"]
         print(f"step {step:4d} ({row['seconds']:.0f} s)  train: dist {tr['distance']:.3f} closure {tr['closure']:+.2f}"
@@ -298,13 +300,8 @@ def main() -> None:
             loss = loss + word_and_token_loss(predict_log_durations(model, h, mask), d[:, 0], units, mask[:, 0])
         if args.objective in ("words", "both"):  # the word term alone
             loss = loss + word_terms(predict_log_durations(model, h, mask), d[:, 0], units)
-        if args.objective == "words+gaps":  # pauses too: log(frames + 1) on every unit
-            logw = predict_log_durations(model, h, mask)
-            pred = torch.zeros(len(idx), int(units.max()) + 2).scatter_add(
-                1, units.clamp_min(0), (torch.exp(logw) + 0.5) * mask[:, 0])
-            tgt = torch.zeros_like(pred).scatter_add(1, units.clamp_min(0), d[:, 0] * mask[:, 0])
-            used = torch.zeros_like(pred).scatter_add(1, units.clamp_min(0), mask[:, 0]) > 0
-            loss = loss + ((torch.log(pred + 1) - torch.log(tgt + 1))[used] ** 2).mean()
+        if args.objective == "words+gaps":  # pauses too (units from gap_units): log(frames + 1) on every unit
+            loss = loss + word_terms(predict_log_durations(model, h, mask), d[:, 0], units, plus=1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -30,16 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transplant"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_ROOT, SAMPLE_RATE, read_corpus  # noqa: E402
-
-
-def synth(model, ids: list[int], seed: int, noise_scale_w: float | None = None, durations=None):
-    """One sentence (noise seeded by its index, as the report's samples are)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        out = model.infer(torch.tensor(ids), generator=gen, noise_scale_w=noise_scale_w,
-                          durations=None if durations is None else durations[None])
-    return out.audio[0, 0, : int(out.audio_lengths[0])].float().numpy()
+from split_check import synth  # noqa: E402  (noise seeded by the sentence's index, as the report's samples are)
 
 
 def main() -> None:
@@ -77,9 +70,9 @@ def main() -> None:
         if "targets" in wanted:
             (d,) = donor_durations(recipient, [(it.wav, it.text)], source="forced", timing="words")
             if d is not None:
-                out["targets"] = synth(recipient, ids, seed, durations=d)
+                out["targets"] = synth(recipient, ids, seed, durations=d)[0]
         for name, (model, w) in models.items():
-            out[name] = synth(model, ids, seed, noise_scale_w=w)
+            out[name] = synth(model, ids, seed, noise_scale_w=w)[0]
         for name, audio in out.items():
             folder = args.data / "runs" / f"probe_{args.donor}_{name}" / "samples"
             folder.mkdir(parents=True, exist_ok=True)

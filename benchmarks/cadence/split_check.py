@@ -82,11 +82,14 @@ def truth_spans(wav: Path, segs_path: Path, text: str, sample_rate: int):
     return spans, audio.shape[0]
 
 
-def synth(model, ids: list[int], seed: int, durations: torch.Tensor | None = None):
-    """joe's audio for ``ids`` (noise seeded by ``seed``); its own durations unless given."""
+def synth(model, ids: list[int], seed: int, durations: torch.Tensor | None = None,
+          noise_scale_w: float | None = None):
+    """joe's audio for ``ids`` (noise seeded by ``seed``); its own durations unless given, drawn at
+    ``noise_scale_w`` (default: the config's)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        out = model.infer(torch.tensor(ids), generator=gen, durations=None if durations is None else durations[None])
+        out = model.infer(torch.tensor(ids), generator=gen, noise_scale_w=noise_scale_w,
+                          durations=None if durations is None else durations[None])
     return out.audio[0, 0, : int(out.audio_lengths[0])].float().numpy(), out.durations[0].long()
 
 
